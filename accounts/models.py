@@ -1,0 +1,201 @@
+"""The OpenAI platform hierarchy: Organization → Project, usage tiers, and the audit log."""
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator, RegexValidator, validate_email
+from django.db import models
+from django.utils.timezone import now
+
+org_id_validator = RegexValidator(
+    r"^org-[A-Za-z0-9]{8,64}$",
+    "An OpenAI organization id looks like org-AbC123… (org- followed by letters and digits).",
+)
+project_id_validator = RegexValidator(
+    r"^proj_[A-Za-z0-9]{8,64}$",
+    "An OpenAI project id looks like proj_AbC123… (proj_ followed by letters and digits).",
+)
+non_negative = MinValueValidator(Decimal("0"), "A budget cannot be negative.")
+at_least_one_day = MinValueValidator(1, "A rotation policy is at least one day.")
+
+
+def validate_email_list(value):
+    for address in split_emails(value):
+        try:
+            validate_email(address)
+        except ValidationError:
+            raise ValidationError(f"“{address}” is not a valid email address.") from None
+
+
+def split_emails(value):
+    return [a.strip() for a in (value or "").replace(";", ",").replace("\n", ",").split(",") if a.strip()]
+
+
+class Tier(models.Model):
+    """An OpenAI usage tier. Rate limits belong to a project, never to a key: more keys in
+    one project do not raise them."""
+
+    name = models.CharField(max_length=50, unique=True)
+    requests_per_minute = models.PositiveIntegerField(help_text="RPM the tier allows a project.")
+    tokens_per_minute = models.PositiveBigIntegerField(help_text="TPM the tier allows a project.")
+    position = models.PositiveSmallIntegerField(default=0, help_text="Order in lists, lowest first.")
+
+    class Meta:
+        ordering = ["position", "name"]
+
+    def __str__(self):
+        return f"{self.name} ({self.requests_per_minute:,} RPM / {self.tokens_per_minute:,} TPM)"
+
+
+class Organization(models.Model):
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    openai_org_id = models.CharField(
+        "OpenAI organization id", max_length=80, blank=True, validators=[org_id_validator]
+    )
+    rotation_policy_days = models.PositiveIntegerField(
+        default=90, validators=[at_least_one_day], help_text="Keys older than this are overdue for rotation."
+    )
+    monthly_budget_usd = models.DecimalField(
+        "monthly budget (USD)", max_digits=12, decimal_places=2, null=True, blank=True, validators=[non_negative]
+    )
+    alert_emails = models.TextField(
+        blank=True, validators=[validate_email_list], help_text="Comma-separated addresses for alerts."
+    )
+    alert_webhook_url = models.URLField(blank=True)
+    created = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["openai_org_id"],
+                condition=~models.Q(openai_org_id=""),
+                name="accounts_organization_unique_openai_org_id",
+            ),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    def alert_email_list(self):
+        return split_emails(self.alert_emails)
+
+
+class Environment(models.TextChoices):
+    PRODUCTION = "production", "Production"
+    STAGING = "staging", "Staging"
+    DEVELOPMENT = "development", "Development"
+    RESEARCH = "research", "Research"
+
+
+class Project(models.Model):
+    organization = models.ForeignKey(Organization, models.CASCADE, related_name="projects")
+    name = models.CharField(max_length=200)
+    openai_project_id = models.CharField(
+        "OpenAI project id", max_length=80, blank=True, validators=[project_id_validator]
+    )
+    environment = models.CharField(max_length=20, choices=Environment.choices, default=Environment.DEVELOPMENT)
+    tier = models.ForeignKey(Tier, models.PROTECT, null=True, blank=True, related_name="projects")
+    monthly_budget_usd = models.DecimalField(
+        "monthly budget (USD)", max_digits=12, decimal_places=2, null=True, blank=True, validators=[non_negative]
+    )
+    rotation_policy_days = models.PositiveIntegerField(
+        "rotation policy override (days)",
+        null=True,
+        blank=True,
+        validators=[at_least_one_day],
+        help_text="Leave blank to use the organization's policy.",
+    )
+    archived_at = models.DateTimeField(null=True, blank=True)
+    # Limits the API reported in x-ratelimit-limit-* on the last successful probe.
+    observed_rpm = models.PositiveIntegerField("observed RPM", null=True, blank=True, editable=False)
+    observed_tpm = models.PositiveBigIntegerField("observed TPM", null=True, blank=True, editable=False)
+    observed_limits_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["organization__name", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["openai_project_id"],
+                condition=~models.Q(openai_project_id=""),
+                name="accounts_project_unique_openai_project_id",
+            ),
+            models.UniqueConstraint(fields=["organization", "name"], name="accounts_project_unique_name_per_org"),
+        ]
+
+    def __str__(self):
+        return f"{self.organization.name} / {self.name}" if self.organization_id else self.name
+
+    def effective_rotation_days(self):
+        return self.rotation_policy_days or self.organization.rotation_policy_days
+
+    def tier_mismatch(self):
+        """(configured RPM, observed RPM) when the API reports a different request limit
+        than the project's tier, else None."""
+        if self.tier is None or self.observed_rpm is None:
+            return None
+        if self.observed_rpm != self.tier.requests_per_minute:
+            return (self.tier.requests_per_minute, self.observed_rpm)
+        return None
+
+    def probe_rpm_budget(self):
+        """Requests per minute probes may spend on this project, across all workers."""
+        rpm = self.tier.requests_per_minute if self.tier else 500
+        return max(rpm * settings.PROBE_PROJECT_RPM_SHARE, 1.0)
+
+
+class AuditEventQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise TypeError("Audit events are append-only.")
+
+    def delete(self):
+        raise TypeError("Audit events are append-only.")
+
+
+class AuditEvent(models.Model):
+    """Append-only record of who did what. `details` never holds secret material: only
+    hints, ids and field names."""
+
+    at = models.DateTimeField(default=now, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True)
+    actor_label = models.CharField(max_length=150, help_text="Username, or the command or task that acted.")
+    action = models.CharField(max_length=50, db_index=True)
+    target_type = models.CharField(max_length=50)
+    target_id = models.CharField(max_length=64)
+    target_repr = models.CharField(max_length=300)
+    details = models.JSONField(default=dict, blank=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["target_type", "target_id"], name="accounts_audit_target")]
+
+    def __str__(self):
+        return f"{self.at:%Y-%m-%d %H:%M} {self.actor_label} {self.action} {self.target_repr}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise TypeError("Audit events are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise TypeError("Audit events are append-only.")
+
+    @classmethod
+    def record(cls, actor, action, target, **details):
+        """Append an event. `actor` is a User or a label such as "cli:add_key"."""
+        user = actor if getattr(actor, "pk", None) and hasattr(actor, "get_username") else None
+        label = user.get_username() if user else str(actor or "system")
+        return cls.objects.create(
+            actor=user,
+            actor_label=label,
+            action=action,
+            target_type=target._meta.model_name,
+            target_id=str(target.pk),
+            target_repr=str(target)[:300],
+            details=details,
+        )

@@ -1,0 +1,20 @@
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+
+app = Celery("console")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+@app.on_after_configure.connect
+def add_periodic_tasks(sender, **kwargs):
+    # One static schedule (never a database scheduler: whoever could edit it could run
+    # any task with any arguments). Exactly one beat process runs it.
+    from django.conf import settings
+
+    sender.add_periodic_task(
+        settings.PROBE_SWEEP_EVERY_SECONDS, sender.signature("keys.tasks.sweep"), name="probe sweep"
+    )

@@ -1,0 +1,262 @@
+"""API keys (secrets encrypted at rest), probe results and per-host circuit breakers."""
+
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils.timezone import now
+
+from accounts.models import Organization, Project
+from console.upstream import Outcome
+
+from . import crypto, formats
+
+
+class Kind(models.TextChoices):
+    PROJECT = "project", "Project key"
+    SERVICE_ACCOUNT = "service_account", "Service-account key"
+    ADMIN = "admin", "Admin key"
+
+
+class Provider(models.TextChoices):
+    OPENAI = "openai", "OpenAI"
+    AZURE = "azure", "Azure OpenAI"
+
+
+# Which secret formats each (provider, kind) accepts.
+ACCEPTED_FORMATS = {
+    (Provider.OPENAI, Kind.PROJECT): {formats.PROJECT, formats.LEGACY},
+    (Provider.OPENAI, Kind.SERVICE_ACCOUNT): {formats.SERVICE_ACCOUNT, formats.PROJECT},
+    (Provider.OPENAI, Kind.ADMIN): {formats.ADMIN},
+    (Provider.AZURE, Kind.PROJECT): {formats.AZURE},
+    (Provider.AZURE, Kind.SERVICE_ACCOUNT): {formats.AZURE},
+}
+
+
+class ApiKeyQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(revoked_at__isnull=True)
+
+    def due_for_probe(self, now):
+        """Keys whose next probe time has come: the sweep's candidate set (index
+        keys_apikey_due_for_probe)."""
+        return self.filter(revoked_at__isnull=True, next_probe_at__lte=now)
+
+
+class ApiKey(models.Model):
+    # Client-side UUID: it exists before INSERT, so it can be the encryption's AAD.
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(Organization, models.CASCADE, related_name="api_keys")
+    project = models.ForeignKey(
+        Project, models.CASCADE, null=True, blank=True, related_name="api_keys",
+        help_text="Required for project and service-account keys; empty for admin keys.",
+    )
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.PROJECT)
+    provider = models.CharField(max_length=10, choices=Provider.choices, default=Provider.OPENAI)
+    base_url = models.URLField(
+        "base URL", blank=True, help_text="For OpenAI-compatible endpoints; blank uses the OpenAI API."
+    )
+    azure_endpoint = models.URLField(blank=True, help_text="https://<resource>.openai.azure.com")
+    azure_api_version = models.CharField(max_length=40, blank=True)
+
+    # The secret: AES-256-GCM ciphertext (nonce ‖ body ‖ tag), the master-key version that
+    # wrote it, an HMAC blind index for duplicates and a display hint. Never the plaintext.
+    secret_ciphertext = models.BinaryField(editable=False)
+    secret_key_version = models.PositiveSmallIntegerField(editable=False, db_index=True)
+    fingerprint = models.CharField(max_length=64, editable=False)
+    hint = models.CharField(max_length=40, editable=False)
+
+    upstream_key_id = models.CharField("upstream key id", max_length=100, blank=True, help_text="key_… or svc_acct_…")
+    owner = models.CharField(max_length=200, blank=True, help_text="Person or team responsible for this key.")
+    issued_at = models.DateTimeField(default=now)
+    rotated_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(default=now)
+
+    # Probe state, written by keys/probe.py.
+    last_probe_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_probe_outcome = models.CharField(max_length=30, choices=Outcome.choices, blank=True, editable=False)
+    last_success_at = models.DateTimeField(null=True, blank=True, editable=False)
+    consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    next_probe_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["organization__name", "project__name", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["fingerprint"], name="keys_apikey_unique_fingerprint"),
+            models.CheckConstraint(
+                condition=(models.Q(kind="admin", project__isnull=True) | (~models.Q(kind="admin") & models.Q(project__isnull=False))),
+                name="keys_apikey_admin_keys_have_no_project",
+            ),
+        ]
+        indexes = [
+            # Used by ApiKey.objects.due_for_probe() in the sweep's claim query.
+            models.Index(
+                fields=["next_probe_at"], condition=models.Q(revoked_at__isnull=True), name="keys_apikey_due_for_probe"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.name} ({self.hint})" if self.hint else self.name
+
+    # --- the secret -------------------------------------------------------------
+    def set_secret(self, raw):
+        """Validate, fingerprint and encrypt `raw` for this row. Raises ValidationError
+        with a message that never contains the secret. Does not save."""
+        secret = formats.normalize(raw)
+        try:
+            fmt = formats.check_shape(secret)
+        except formats.KeyFormatError as e:
+            raise ValidationError({"secret": str(e)}) from None
+        self.check_format_fits(fmt)
+        self.fingerprint = crypto.fingerprint(secret)
+        self.secret_ciphertext, self.secret_key_version = crypto.encrypt(secret, self.pk)
+        self.hint = formats.hint(secret)
+
+    def check_format_fits(self, fmt):
+        accepted = ACCEPTED_FORMATS.get((self.provider, self.kind), set())
+        if fmt in accepted:
+            return
+        if fmt == formats.ADMIN:
+            msg = "This is an admin key (sk-admin-…): register it on the organization as kind “Admin key”, not on a project."
+        elif self.kind == Kind.ADMIN:
+            msg = f"An admin key must start with sk-admin-; this is {formats.DESCRIPTIONS[fmt]}."
+        elif self.provider == Provider.AZURE:
+            msg = f"Azure OpenAI keys are 32 hexadecimal or 84 characters; this is {formats.DESCRIPTIONS[fmt]}."
+        elif fmt == formats.AZURE:
+            msg = "This looks like an Azure OpenAI key: choose provider “Azure OpenAI”."
+        else:
+            msg = f"A {self.get_kind_display().lower()} cannot be {formats.DESCRIPTIONS[fmt]}."
+        raise ValidationError({"secret": msg})
+
+    def reveal_secret(self):
+        """The plaintext, for the one upstream call that needs it. Raises
+        crypto.DecryptionError if it cannot be decrypted (never returns ciphertext)."""
+        return crypto.decrypt(self.secret_ciphertext, self.secret_key_version, self.pk)
+
+    def rewrap(self, ring=None):
+        """Re-encrypt under the newest master key; returns True if it changed anything.
+        Writes only if the row still holds the ciphertext we read (compare-and-swap)."""
+        ring = ring or crypto.keyring()
+        if self.secret_key_version == ring.current:
+            return False
+        old_version = self.secret_key_version
+        plain = crypto.decrypt(self.secret_ciphertext, old_version, self.pk, ring=ring)
+        ciphertext, version = crypto.encrypt(plain, self.pk, ring=ring)
+        n = ApiKey.objects.filter(pk=self.pk, secret_key_version=old_version).update(
+            secret_ciphertext=ciphertext, secret_key_version=version
+        )
+        return n == 1
+
+    # --- validation -------------------------------------------------------------
+    def clean(self):
+        errors = {}
+        if self.kind == Kind.ADMIN:
+            if self.project_id:
+                errors["project"] = "Admin keys belong to the organization: leave the project empty."
+            if self.provider != Provider.OPENAI:
+                errors["provider"] = "Admin keys exist only on OpenAI."
+        elif not self.project_id:
+            errors["project"] = "Project and service-account keys need a project."
+        elif self.organization_id and self.project.organization_id != self.organization_id:
+            errors["project"] = "That project belongs to another organization."
+        if self.provider == Provider.AZURE:
+            if not self.azure_endpoint:
+                errors["azure_endpoint"] = "Azure OpenAI keys need the resource endpoint."
+            if not self.azure_api_version:
+                self.azure_api_version = settings.AZURE_DEFAULT_API_VERSION
+        elif self.azure_endpoint:
+            errors["azure_endpoint"] = "Only Azure OpenAI keys have an Azure endpoint."
+        if self.expires_at and self.issued_at and self.expires_at <= self.issued_at:
+            errors["expires_at"] = "A key cannot expire before it was issued."
+        if errors:
+            raise ValidationError(errors)
+
+    def validate_unique(self, exclude=None):
+        super().validate_unique(exclude)
+        if self.fingerprint:
+            holder = ApiKey.objects.filter(fingerprint=self.fingerprint).exclude(pk=self.pk).select_related(
+                "project", "organization"
+            ).first()
+            if holder:
+                where = f"project “{holder.project}”" if holder.project else f"organization “{holder.organization}”"
+                raise ValidationError({"secret": f"This key is already registered as “{holder.name}” in {where}."})
+
+    # --- state ------------------------------------------------------------------
+    def rotation_policy_days(self):
+        if self.project_id:
+            return self.project.effective_rotation_days()
+        return self.organization.rotation_policy_days
+
+    def rotation_due_at(self):
+        return (self.rotated_at or self.issued_at) + timedelta(days=self.rotation_policy_days())
+
+    def is_revoked(self):
+        return self.revoked_at is not None
+
+    def is_probe_failing(self):
+        return self.last_probe_outcome in Outcome.failures()
+
+
+class ProbeResult(models.Model):
+    """One probe of one key in one sweep slot. The unique (key, slot) pair makes a
+    redelivered task harmless: its second write is ignored."""
+
+    key = models.ForeignKey(ApiKey, models.CASCADE, related_name="probe_results")
+    slot = models.BigIntegerField(help_text="Unix time of the scheduled probe this result answers.")
+    started_at = models.DateTimeField(default=now)
+    duration_ms = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveSmallIntegerField(default=1)
+    outcome = models.CharField(max_length=30, choices=Outcome.choices)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    error_code = models.CharField(max_length=100, blank=True)
+    message = models.CharField(max_length=500, blank=True, help_text="Scrubbed: no key fragment.")
+    request_id = models.CharField("x-request-id", max_length=100, blank=True)
+    client_request_id = models.CharField("X-Client-Request-Id", max_length=100, blank=True)
+    ratelimit_limit_requests = models.BigIntegerField(null=True, blank=True)
+    ratelimit_limit_tokens = models.BigIntegerField(null=True, blank=True)
+    ratelimit_remaining_requests = models.BigIntegerField(null=True, blank=True)
+    ratelimit_remaining_tokens = models.BigIntegerField(null=True, blank=True)
+    ratelimit_reset_requests = models.CharField(max_length=30, blank=True)
+    ratelimit_reset_tokens = models.CharField(max_length=30, blank=True)
+    openai_organization = models.CharField(max_length=100, blank=True)
+    processing_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        constraints = [models.UniqueConstraint(fields=["key", "slot"], name="keys_proberesult_unique_key_slot")]
+        indexes = [models.Index(fields=["key", "-started_at"], name="keys_proberesult_key_recent")]
+
+    def __str__(self):
+        return f"{self.key_id} @ {self.started_at:%Y-%m-%d %H:%M:%S}: {self.outcome}"
+
+
+class CircuitState(models.TextChoices):
+    CLOSED = "closed", "Closed"
+    OPEN = "open", "Open"
+    HALF_OPEN = "half_open", "Half-open"
+
+
+class Circuit(models.Model):
+    """Circuit breaker for one API host, shared by every worker."""
+
+    host = models.CharField(max_length=255, unique=True)
+    state = models.CharField(max_length=10, choices=CircuitState.choices, default=CircuitState.CLOSED)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    open_until = models.DateTimeField(null=True, blank=True)
+    last_outcome = models.CharField(max_length=30, blank=True)
+    updated = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["host"]
+
+    def __str__(self):
+        return f"{self.host}: {self.get_state_display()}"

@@ -1,0 +1,1 @@
+"""The sandbox keeps its state in memory; it has no database tables."""

@@ -1,0 +1,24 @@
+"""Test settings: real PostgreSQL and Redis on this machine, fresh encryption keys.
+
+Values are put into os.environ (not just into settings) so that subprocesses the tests
+start — the Celery worker, the sandbox API, manage.py commands — see the same ones.
+"""
+
+import base64
+import os
+import secrets
+
+os.environ["CONSOLE_ENV_FILE"] = os.devnull  # never read a developer's .env in tests
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/console")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/13")
+os.environ.setdefault("CONSOLE_ENCRYPTION_KEYS", "v1:" + base64.urlsafe_b64encode(os.urandom(32)).decode())
+os.environ.setdefault("CONSOLE_FINGERPRINT_KEY", secrets.token_urlsafe(32))
+os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
+os.environ.setdefault("DEBUG", "false")
+os.environ.setdefault("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # tests point keys at their sandbox
+
+from console.settings import *  # noqa: E402,F401,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests
+STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"  # noqa: F405

@@ -1,0 +1,1 @@
+"""Usage and cost buckets, prices and budgets arrive with the usage issue."""
