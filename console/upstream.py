@@ -33,6 +33,7 @@ class Outcome(models.TextChoices):
     MALFORMED_RESPONSE = "malformed_response", "Malformed response"
     UNEXPECTED_STATUS = "unexpected_status", "Unexpected status"
     SKIPPED_CIRCUIT_OPEN = "skipped_circuit_open", "Skipped (circuit open)"
+    DECRYPTION_FAILED = "decryption_failed", "Secret could not be decrypted"
 
     @classmethod
     def failures(cls):

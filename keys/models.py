@@ -5,7 +5,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import models, transaction
 from django.utils.timezone import now
 
 from accounts.models import Organization, Project
@@ -40,9 +40,9 @@ class ApiKeyQuerySet(models.QuerySet):
         return self.filter(revoked_at__isnull=True)
 
     def due_for_probe(self, now):
-        """Keys whose next probe time has come: the sweep's candidate set (index
-        keys_apikey_due_for_probe)."""
-        return self.filter(revoked_at__isnull=True, next_probe_at__lte=now)
+        """Active keys whose next probe time has come, or that were never scheduled: the
+        sweep's candidate set (index keys_apikey_due_for_probe)."""
+        return self.filter(models.Q(next_probe_at__lte=now) | models.Q(next_probe_at__isnull=True), revoked_at__isnull=True)
 
 
 class ApiKey(models.Model):
@@ -154,6 +154,16 @@ class ApiKey(models.Model):
             secret_ciphertext=ciphertext, secret_key_version=version
         )
         return n == 1
+
+    def schedule_first_probe(self):
+        """Make the key due now and ask a worker to probe it once the current transaction
+        commits (so the worker finds the row). If no broker answers, the next beat sweep
+        picks the key up anyway."""
+        ApiKey.objects.filter(pk=self.pk).update(next_probe_at=now())
+        from . import tasks
+
+        key_id = str(self.pk)
+        transaction.on_commit(lambda: tasks.enqueue_probes([key_id]))
 
     # --- validation -------------------------------------------------------------
     def clean(self):
