@@ -140,10 +140,18 @@ def _read_headers(reply, headers):
     reply.retry_after = _retry_after(headers)
 
 
-def classify_status(status, code):
-    """Outcome for an HTTP error status and the error body's `code`."""
+def classify_status(status, code, message="", provider="openai"):
+    """Outcome for an HTTP error status and the error body's `code`.
+
+    Only OpenAI's 401 `invalid_api_key` says the key itself is dead; any other 401 (IP
+    allow-list, organization membership) is "auth_unknown". Azure answers a bad key with
+    401, code "401" and "Access denied due to invalid subscription key …"."""
     if status == 401:
-        return Outcome.INVALID_KEY if code == "invalid_api_key" else Outcome.AUTH_UNKNOWN
+        if code == "invalid_api_key":
+            return Outcome.INVALID_KEY
+        if provider == "azure" and "invalid subscription key" in (message or "").lower():
+            return Outcome.INVALID_KEY
+        return Outcome.AUTH_UNKNOWN
     if status == 403:
         return Outcome.PERMISSION_DENIED
     if status == 404:
@@ -234,8 +242,8 @@ class Pool:
             error = body.get("error", body) if isinstance(body, dict) else {}
             code = (error.get("code") if isinstance(error, dict) else None) or e.code or ""
             reply.error_code = str(code)[:100]
-            reply.outcome = classify_status(e.status_code, reply.error_code)
             message = (error.get("message") if isinstance(error, dict) else None) or e.message
+            reply.outcome = classify_status(e.status_code, reply.error_code, message, target.provider)
             reply.message = scrub(message, target.secret)
             _read_headers(reply, e.response.headers)
         except openai.APITimeoutError:

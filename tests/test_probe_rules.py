@@ -200,3 +200,10 @@ def test_acquire_gives_up_instead_of_waiting_past_the_limit():
         return await limiter.acquire(local, "p", 1, max_wait=0.1)
 
     assert asyncio.run(run()) is False
+
+
+def test_azure_says_a_key_is_dead_with_its_own_401_message():
+    message = "Access denied due to invalid subscription key or wrong API endpoint."
+    assert classify_status(401, "401", message, provider="azure") == Outcome.INVALID_KEY
+    assert classify_status(401, "401", "Principal does not have access", provider="azure") == Outcome.AUTH_UNKNOWN
+    assert classify_status(401, "401", message, provider="openai") == Outcome.AUTH_UNKNOWN

@@ -1,0 +1,285 @@
+"""Probes against the sandbox API over real HTTP: every outcome, headers, retries,
+limits, the circuit breaker. Batches run in-process here; tests/test_sweep_worker.py runs
+them through a real Celery worker."""
+
+import itertools
+from datetime import timedelta
+
+import pytest
+import redis
+from django.utils import timezone
+from django.conf import settings as django_settings
+
+from accounts.models import Project, Tier
+from console.upstream import Outcome
+from keys import formats, probe, sweep
+from keys.models import ApiKey, Circuit, CircuitState, Kind, ProbeResult, Provider
+
+
+@pytest.fixture(autouse=True)
+def probe_settings(settings, sandbox):
+    settings.OPENAI_BASE_URL = sandbox.openai_url
+    settings.PROBE_PROJECT_RPM_SHARE = 1.0
+    settings.PROBE_BACKOFF_BASE_SECONDS = 0.01
+    settings.PROBE_BACKOFF_MAX_SECONDS = 0.05
+    settings.PROBE_MAX_ATTEMPTS = 3
+    settings.UPSTREAM_READ_TIMEOUT = 1.0
+    settings.CIRCUIT_FAILURE_THRESHOLD = 1000
+    redis.from_url(django_settings.REDIS_URL).flushdb()
+    return settings
+
+
+@pytest.fixture
+def key_with(make_key, sandbox, project):
+    """A stored key registered in the sandbox with a fault plan."""
+
+    def make(fault="healthy", fmt=formats.PROJECT, project=project, **plan):
+        fields = {}
+        if fmt == formats.AZURE:
+            fields = {"provider": Provider.AZURE, "azure_endpoint": sandbox.root}
+        key, secret = make_key(fmt=fmt, project=project, **fields)
+        sandbox.register(
+            secret,
+            fault=fault,
+            project=project.openai_project_id,
+            provider="azure" if fmt == formats.AZURE else "openai",
+            **plan,
+        )
+        return key, secret
+
+    return make
+
+
+_ticks = itertools.count()
+
+
+def probe_now(*keys):
+    """Probe these keys at once, each call in a new slot (as sweeps a second apart are)."""
+    now = timezone.now() + timedelta(seconds=next(_ticks))
+    claims = sweep.claim_now([k.pk for k in keys], now=now)
+    summary = probe.Summary()
+    for batch in sweep.batches(claims):
+        summary.add(probe.run_batch(batch))
+    return summary
+
+
+def result_of(key):
+    return ProbeResult.objects.get(key=key)
+
+
+@pytest.mark.parametrize(
+    "fault, outcome, status",
+    [
+        ("healthy", Outcome.OK, 200),
+        ("revoked", Outcome.INVALID_KEY, 401),
+        ("auth_other", Outcome.AUTH_UNKNOWN, 401),
+        ("forbidden", Outcome.PERMISSION_DENIED, 403),
+        ("not_found", Outcome.NOT_FOUND, 404),
+        ("quota", Outcome.QUOTA_EXHAUSTED, 429),
+        ("throttled", Outcome.RATE_LIMITED, 429),
+        ("server_error", Outcome.SERVER_ERROR, 500),
+        ("bad_gateway", Outcome.SERVER_ERROR, 502),
+        ("unavailable", Outcome.SERVER_ERROR, 503),
+        ("malformed", Outcome.MALFORMED_RESPONSE, 200),
+        ("hanging", Outcome.TIMEOUT, None),
+        ("reset", Outcome.NETWORK_ERROR, None),
+    ],
+)
+def test_each_sandbox_fault_maps_to_its_outcome(key_with, fault, outcome, status):
+    key, _ = key_with(fault)
+    probe_now(key)
+    result = result_of(key)
+    assert (result.outcome, result.http_status) == (outcome, status)
+    key.refresh_from_db()
+    assert key.last_probe_outcome == outcome
+
+
+@pytest.mark.parametrize(
+    "fault, outcome, status",
+    [
+        ("healthy", Outcome.OK, 200),
+        ("revoked", Outcome.INVALID_KEY, 401),
+        ("forbidden", Outcome.PERMISSION_DENIED, 403),
+        ("throttled", Outcome.RATE_LIMITED, 429),
+        ("server_error", Outcome.SERVER_ERROR, 500),
+        ("unavailable", Outcome.SERVER_ERROR, 503),
+        ("malformed", Outcome.MALFORMED_RESPONSE, 200),
+        ("hanging", Outcome.TIMEOUT, None),
+        ("reset", Outcome.NETWORK_ERROR, None),
+    ],
+)
+def test_each_azure_fault_maps_to_its_outcome(key_with, fault, outcome, status):
+    key, _ = key_with(fault, fmt=formats.AZURE)
+    probe_now(key)
+    result = result_of(key)
+    assert (result.outcome, result.http_status) == (outcome, status)
+
+
+def test_an_unregistered_key_is_invalid(make_key):
+    key, _ = make_key()
+    probe_now(key)
+    assert result_of(key).outcome == Outcome.INVALID_KEY
+    assert result_of(key).error_code == "invalid_api_key"
+
+
+def test_a_probe_records_the_response_headers(key_with):
+    key, _ = key_with("healthy", rpm=500)
+    probe_now(key)
+    r = result_of(key)
+    assert r.request_id.startswith("req_")
+    assert len(r.client_request_id) == 36
+    assert r.ratelimit_limit_requests == 500
+    assert r.ratelimit_remaining_requests is not None and r.ratelimit_remaining_requests < 500
+    assert r.ratelimit_limit_tokens is not None and r.ratelimit_remaining_tokens is not None
+    assert r.ratelimit_reset_requests and r.ratelimit_reset_tokens
+    assert r.processing_ms is not None
+    assert r.openai_organization
+
+
+def test_the_stored_message_has_no_fragment_of_the_key(key_with):
+    key, secret = key_with("revoked")
+    probe_now(key)
+    message = result_of(key).message
+    assert message and "Incorrect API key" in message
+    for fragment in (secret, secret[-4:], secret[:12], secret[20:40]):
+        assert fragment not in message
+
+
+def test_transient_failures_are_retried_up_to_the_limit(key_with, sandbox):
+    key, _ = key_with("server_error")
+    probe_now(key)
+    assert result_of(key).attempts == 3
+    assert sandbox.stats()["total"] == 3
+
+
+@pytest.mark.parametrize("fault", ["revoked", "quota"])
+def test_dead_keys_and_empty_quota_are_never_retried(key_with, sandbox, fault):
+    key, _ = key_with(fault)
+    probe_now(key)
+    assert result_of(key).attempts == 1
+    assert sandbox.stats()["total"] == 1
+
+
+def test_a_flaky_key_recovers_within_its_retries(key_with):
+    key, _ = key_with("flaky", fail_rate=0.5)
+    probe_now(key)
+    # The sandbox fails a fraction of requests; three attempts almost always get through,
+    # and whatever the outcome it must be one of the two the plan can produce.
+    assert result_of(key).outcome in (Outcome.OK, Outcome.SERVER_ERROR)
+
+
+def test_failures_count_up_and_success_resets_them(key_with, sandbox):
+    key, secret = key_with("revoked")
+    probe_now(key)
+    probe_now(key)
+    key.refresh_from_db()
+    assert key.consecutive_failures == 2
+    assert key.is_probe_failing()
+    sandbox.register(secret, fault="healthy", project=key.project.openai_project_id)
+    probe_now(key)
+    key.refresh_from_db()
+    assert (key.consecutive_failures, key.last_probe_outcome) == (0, Outcome.OK)
+    assert key.last_success_at is not None
+
+
+def test_a_hanging_key_times_out_without_stalling_the_batch(key_with, settings):
+    hanging, _ = key_with("hanging")
+    healthy = [key_with("healthy")[0] for _ in range(5)]
+    settings.PROBE_MAX_ATTEMPTS = 1
+    probe_now(hanging, *healthy)
+    timeout_ms = settings.UPSTREAM_READ_TIMEOUT * 1000
+    assert result_of(hanging).outcome == Outcome.TIMEOUT
+    assert result_of(hanging).duration_ms >= timeout_ms
+    for key in healthy:
+        assert result_of(key).outcome == Outcome.OK
+        assert result_of(key).duration_ms < timeout_ms
+
+
+def test_a_project_tier_that_disagrees_with_the_api_is_flagged(key_with, project):
+    assert project.tier.requests_per_minute == 500
+    key, _ = key_with("healthy", rpm=5000)
+    probe_now(key)
+    project.refresh_from_db()
+    assert project.observed_rpm == 5000
+    assert project.tier_mismatch() == (500, 5000)
+
+
+def test_probes_stay_within_the_projects_share_of_its_rpm(key_with, org, settings, sandbox):
+    settings.PROBE_PROJECT_RPM_SHARE = 0.1  # 50 RPM tier → 5 probes a minute
+    settings.PROBE_LIMITER_MAX_WAIT_SECONDS = 0.2
+    tier = Tier.objects.create(name="Tiny", requests_per_minute=50, tokens_per_minute=1000, position=9)
+    busy = Project.objects.create(organization=org, name="Busy", openai_project_id="proj_Busy00000001", tier=tier)
+    calm = Project.objects.create(organization=org, name="Calm", openai_project_id="proj_Calm00000001", tier=tier)
+    busy_keys = [key_with("healthy", project=busy)[0] for _ in range(50)]
+    calm_keys = [key_with("healthy", project=calm)[0] for _ in range(3)]
+    summary = probe_now(*busy_keys, *calm_keys)
+    per_project = sandbox.stats()["per_project"]
+    assert per_project["proj_Busy00000001"] == 5
+    assert per_project["proj_Calm00000001"] == 3
+    assert summary.deferred == 45
+    # Deferred keys are not marked failing and come back soon.
+    deferred = ApiKey.objects.filter(pk__in=[k.pk for k in busy_keys], last_probe_at__isnull=True)
+    assert deferred.count() == 45
+    assert all(k.next_probe_at is not None for k in deferred)
+
+
+def test_the_circuit_opens_when_the_api_is_down_and_keys_are_not_marked_failing(make_key, settings):
+    settings.OPENAI_BASE_URL = "http://127.0.0.1:9/v1"  # nothing listens there
+    settings.CIRCUIT_FAILURE_THRESHOLD = 3
+    settings.PROBE_CONCURRENCY = 1  # one at a time, so the breaker opens mid-batch
+    keys = [make_key()[0] for _ in range(6)]
+    summary = probe_now(*keys)
+    circuit = Circuit.objects.get(host="127.0.0.1")
+    assert circuit.state == CircuitState.OPEN
+    assert summary.outcomes[Outcome.SKIPPED_CIRCUIT_OPEN] >= 1
+    for key in ApiKey.objects.filter(pk__in=[k.pk for k in keys]):
+        assert key.consecutive_failures == 0
+        assert not key.is_probe_failing()
+
+
+def test_the_circuit_half_opens_after_the_cool_down_and_closes_on_success(key_with, sandbox):
+    key, _ = key_with("healthy")
+    host = probe.host_of(key)
+    Circuit.objects.create(
+        host=host, state=CircuitState.OPEN, consecutive_failures=9, open_until=timezone.now() - timedelta(seconds=1)
+    )
+    probe_now(key)
+    assert result_of(key).outcome == Outcome.OK
+    circuit = Circuit.objects.get(host=host)
+    assert (circuit.state, circuit.consecutive_failures) == (CircuitState.CLOSED, 0)
+
+
+def test_a_redelivered_batch_writes_no_second_result(key_with, sandbox):
+    key, _ = key_with("healthy")
+    claims = sweep.claim_now([key.pk])
+    probe.run_batch(claims)
+    summary = probe.run_batch(claims)  # as if the worker died before acking
+    assert summary.already_done == 1
+    assert ProbeResult.objects.filter(key=key).count() == 1
+    assert sandbox.stats()["total"] == 1
+
+
+def test_revoked_keys_are_not_probed(key_with, sandbox):
+    key, _ = key_with("healthy")
+    claims = sweep.claim_now([key.pk])
+    ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
+    probe.run_batch(claims)
+    assert not ProbeResult.objects.filter(key=key).exists()
+    assert sandbox.stats()["total"] == 0
+
+
+def test_a_secret_that_cannot_be_decrypted_fails_closed(key_with, settings, sandbox):
+    key, _ = key_with("healthy")
+    from keys import crypto
+
+    settings.CONSOLE_ENCRYPTION_KEYS = [crypto.generate_master_key(1)]
+    probe_now(key)
+    assert result_of(key).outcome == Outcome.DECRYPTION_FAILED
+    assert sandbox.stats()["total"] == 0
+
+
+def test_an_admin_key_is_probed_against_its_organization(make_key, org, sandbox):
+    key, secret = make_key(fmt=formats.ADMIN, project=None, kind=Kind.ADMIN, organization=org)
+    sandbox.register(secret, fault="healthy")
+    probe_now(key)
+    assert result_of(key).outcome == Outcome.OK
