@@ -75,3 +75,59 @@ def make_key(project):
         return key, secret
 
     return make
+
+
+# --- The sandbox API over real HTTP (sandbox/) ------------------------------------------
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def sandbox_server(tmp_path_factory):
+    """A real sandbox API subprocess for the whole session; yields its SandboxControl."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sandbox.control import SandboxControl
+
+    port = _free_port()
+    logs = tmp_path_factory.mktemp("sandbox")
+    with open(logs / "stdout", "w+") as stdout, open(logs / "stderr", "w+") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "sandbox_api", "--port", str(port)],
+            cwd=Path(__file__).resolve().parent.parent,
+            env=os.environ.copy(),
+            stdout=stdout,
+            stderr=stderr,
+        )
+        control = SandboxControl(f"http://127.0.0.1:{port}")
+        control.log_paths = (logs / "stdout", logs / "stderr")  # for tests that check what it logs
+        try:
+            if not control.wait_ready(timeout=15):
+                stderr.seek(0)
+                pytest.fail(f"The sandbox API did not answer on port {port} within 15 s. Its stderr:\n{stderr.read()}")
+            yield control
+        finally:
+            control.close()
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def sandbox(sandbox_server):
+    """The session's sandbox, with no keys, rate windows, stats or added latency."""
+    sandbox_server.reset()
+    sandbox_server.set_latency(0)
+    return sandbox_server

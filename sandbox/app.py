@@ -1,0 +1,384 @@
+"""The sandbox API: a local stand-in for OpenAI and Azure OpenAI, with a fault plan per key.
+
+API surface (shapes as in shared/reference/openai-api.md):
+    GET /v1/models, /v1/models/{model}, /v1/me      Authorization: Bearer <key>
+    GET /openai/models?api-version=…, /openai/v1/models    api-key: <key>
+Control surface (no auth; the server binds to loopback):
+    POST /_sandbox/keys, /_sandbox/reset, /_sandbox/settings; GET /_sandbox/stats, /_sandbox/health
+
+Everything is async on one event loop, so a slow or hanging key never blocks another.
+`build_app()` returns the ASGI app; `python manage.py sandbox_api` serves it with uvicorn.
+"""
+
+import asyncio
+import json
+import re
+import secrets
+import time
+import uuid
+from dataclasses import replace
+
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sandbox import errors
+from sandbox.ratelimit import WINDOW_SECONDS
+from sandbox.state import PlanError, Sandbox
+
+OPENAI = "openai"
+AZURE = "azure"
+HANG_SECONDS = 3600.0
+TRANSPORT = "sandbox.transport"  # scope key set by ExposeTransport
+API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
+
+MODELS = [
+    ("gpt-4o-mini", 1721172741),
+    ("gpt-4o", 1715367049),
+    ("gpt-4.1-mini", 1744318173),
+    ("o3-mini", 1737146383),
+    ("text-embedding-3-small", 1705948997),
+]
+
+
+def openai_models():
+    return {
+        "object": "list",
+        "data": [{"id": name, "object": "model", "created": created, "owned_by": "system"} for name, created in MODELS],
+    }
+
+
+def azure_models():
+    """Azure's data-plane list: lifecycle and capabilities instead of owned_by."""
+    data = [
+        {
+            "id": name,
+            "object": "model",
+            "created_at": created,
+            "status": "succeeded",
+            "lifecycle_status": "generally-available",
+            "capabilities": {
+                "fine_tune": False,
+                "inference": True,
+                "completion": False,
+                "chat_completion": not name.startswith("text-embedding"),
+                "embeddings": name.startswith("text-embedding"),
+            },
+        }
+        for name, created in MODELS
+    ]
+    return {"data": data, "object": "list"}
+
+
+def me(plan):
+    """A user object like GET /v1/me answers (the endpoint is not in OpenAI's published spec)."""
+    user_id = "user-" + plan.organization_header().split("-", 1)[-1][:24]
+    org_id = plan.organization or "org-" + user_id[5:]
+    return {
+        "object": "user",
+        "id": user_id,
+        "email": f"{user_id}@sandbox.invalid",
+        "name": "Sandbox User",
+        "picture": None,
+        "created": 1700000000,
+        "phone_number": None,
+        "mfa_flag_enabled": False,
+        "orgs": {
+            "object": "list",
+            "data": [
+                {
+                    "object": "organization",
+                    "id": org_id,
+                    "created": 1700000000,
+                    "title": "Sandbox Org",
+                    "name": org_id,
+                    "description": "An organization served by the local sandbox API",
+                    "personal": False,
+                    "is_default": True,
+                    "role": "owner",
+                    "projects": {
+                        "object": "list",
+                        "data": [{"id": plan.project, "object": "project", "title": plan.project, "role": "owner"}],
+                    },
+                }
+            ],
+        },
+    }
+
+
+class DropConnection(Response):
+    """Not a response at all: abort the TCP connection so the client sees it drop (a reset),
+    rather than a 500. Needs the transport ExposeTransport put in the scope."""
+
+    def __init__(self):
+        super().__init__(status_code=500)
+
+    async def __call__(self, scope, receive, send):
+        transport = scope.get(TRANSPORT)
+        if transport is None:
+            raise RuntimeError("The server does not expose its transport; cannot drop the connection.")
+        transport.abort()
+        # Let the loop run the transport's connection_lost, so uvicorn sees the client gone
+        # and does not try to send a 500 of its own.
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+
+class ExposeTransport:
+    """Raw ASGI wrapper: put the connection's transport in the scope for DropConnection.
+
+    uvicorn's `send` is a bound method of its request cycle, which holds the transport. ASGI
+    has no portable way to drop a connection, so this reaches in, and says so if it cannot."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            scope[TRANSPORT] = getattr(getattr(send, "__self__", None), "transport", None)
+        await self.app(scope, receive, send)
+
+
+async def pause(request, seconds):
+    """Wait `seconds`, or less if the client disconnects. True means the client went away."""
+    if seconds <= 0:
+        return False
+
+    async def disconnected():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({watcher}, timeout=seconds)
+        return bool(done)
+    finally:
+        watcher.cancel()
+
+
+def presented_key(request, surface):
+    """The secret the client sent: Bearer on /v1; api-key (or Bearer, as Azure's v1 surface
+    and Entra clients use) on /openai."""
+    if surface == AZURE and request.headers.get("api-key"):
+        return request.headers["api-key"].strip()
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+class Call:
+    """One API request in progress: builds its responses with the real headers."""
+
+    def __init__(self, surface, plan=None):
+        self.surface = surface
+        self.plan = plan
+        self.snapshot = None
+        self.started = time.monotonic()
+
+    def headers(self, extra=None):
+        headers = {
+            "x-request-id": "req_" + secrets.token_hex(16),
+            "openai-version": "2020-10-01",
+            "openai-processing-ms": str(int((time.monotonic() - self.started) * 1000)),
+        }
+        if self.surface == AZURE:
+            headers["apim-request-id"] = str(uuid.uuid4())
+        if self.plan:
+            headers["openai-organization"] = self.plan.organization_header()
+        if self.snapshot:
+            headers.update(self.snapshot.headers())
+        headers.update(extra or {})
+        return headers
+
+    def json(self, body, status=200, extra=None):
+        return JSONResponse(body, status_code=status, headers=self.headers(extra))
+
+    def error(self, status, openai_body, azure_message=None, extra=None):
+        """An error in the surface's own shape: OpenAI's four fields, or Azure's code+message."""
+        body = errors.azure_error(status, azure_message) if self.surface == AZURE else openai_body
+        return self.json(body, status, extra)
+
+
+async def serve(request, surface, answer):
+    """Run one API request through its key's fault plan; `answer(plan)` is the 200 body."""
+    sandbox = request.app.state.sandbox
+    with sandbox.stats.request():
+        if await pause(request, sandbox.latency_ms / 1000):
+            return Response(status_code=499)
+        secret = presented_key(request, surface)
+        plan = sandbox.lookup(secret)
+        if plan and plan.provider != surface:
+            plan = None  # an OpenAI key is as unknown to Azure as a made-up one, and vice versa
+        sandbox.stats.record(plan)
+        call = Call(surface, plan)
+        api_version = request.query_params.get("api-version", "")
+        if surface == AZURE and request.url.path == "/openai/models" and not API_VERSION.match(api_version):
+            return call.error(404, None)
+        if plan is None:
+            return call.error(401, errors.invalid_api_key(secret) if secret else errors.missing_key())
+        return await follow_plan(request, call, sandbox, answer)
+
+
+async def follow_plan(request, call, sandbox, answer):
+    plan = call.plan
+    if plan.delay_ms and await pause(request, plan.delay_ms / 1000):
+        return Response(status_code=499)
+    fault = plan.fault
+    if fault == "hanging":
+        await pause(request, HANG_SECONDS)
+        return Response(status_code=499)
+    if fault == "reset":
+        return DropConnection()
+    # Authentication, authorization and billing come before rate limiting, as upstream.
+    if fault == "revoked":
+        return call.error(401, errors.invalid_api_key(presented_key(request, call.surface)))
+    if fault == "auth_other":
+        return call.error(401, errors.no_organization())
+    if fault == "forbidden":
+        return call.error(403, errors.unsupported_country())
+    if fault == "quota":
+        return call.error(
+            429,
+            errors.insufficient_quota(),
+            "Your subscription has run out of quota for this resource. Check your plan and billing details.",
+        )
+    window = sandbox.window(plan.project)
+    if fault == "throttled":
+        snapshot = window.snapshot()
+        call.snapshot = replace(
+            snapshot, remaining_requests=0, reset_requests=snapshot.reset_requests or WINDOW_SECONDS
+        )
+        return throttled(call)
+    allowed, call.snapshot = window.take()
+    if not allowed:
+        return throttled(call)
+    if fault == "not_found":
+        return call.error(404, errors.invalid_url(request.method, request.url.path))
+    if fault == "server_error" or (fault == "flaky" and plan.next_call_fails()):
+        return call.error(500, errors.server_error())
+    if fault == "bad_gateway":
+        return call.error(502, errors.bad_gateway())
+    if fault == "unavailable":
+        return call.error(503, errors.overloaded())
+    if fault == "malformed":
+        return Response("<html>oops</html>", media_type="text/html", headers=call.headers())
+    return answer(call)
+
+
+def throttled(call):
+    retry_after = call.snapshot.retry_after()
+    return call.error(
+        429,
+        errors.rate_limit_exceeded(
+            call.plan.organization_header(), call.snapshot.limit_requests, call.snapshot.limit_requests, retry_after
+        ),
+        f"{errors.AZURE_MESSAGES[429]} Please retry after {retry_after} seconds.",
+        extra={"retry-after": str(retry_after)},
+    )
+
+
+async def list_models(request):
+    return await serve(request, OPENAI, lambda call: call.json(openai_models()))
+
+
+async def retrieve_model(request):
+    name = request.path_params["model"]
+
+    def answer(call):
+        for model in openai_models()["data"]:
+            if model["id"] == name:
+                return call.json(model)
+        return call.error(404, errors.model_not_found(name))
+
+    return await serve(request, OPENAI, answer)
+
+
+async def get_me(request):
+    return await serve(request, OPENAI, lambda call: call.json(me(call.plan)))
+
+
+async def azure_list_models(request):
+    return await serve(request, AZURE, lambda call: call.json(azure_models()))
+
+
+async def azure_v1_list_models(request):
+    # The v1 surface speaks the OpenAI shape (the plain OpenAI client reads it).
+    return await serve(request, AZURE, lambda call: call.json(openai_models()))
+
+
+async def unknown_route(request):
+    call = Call(AZURE if request.url.path.startswith("/openai/") else OPENAI)
+    return call.error(404, errors.invalid_url(request.method, request.url.path))
+
+
+# --- Control surface -----------------------------------------------------------------
+
+
+async def read_json(request):
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+async def register_key(request):
+    """Register (or replace) a key's plan. The response names the key by its hint only."""
+    body = await read_json(request)
+    if body is None:
+        return JSONResponse({"error": "Send a JSON object."}, status_code=400)
+    secret = body.pop("key", None)
+    try:
+        plan = request.app.state.sandbox.register(secret, **body)
+    except PlanError as e:
+        return JSONResponse({"error": str(e)}, status_code=400)
+    except TypeError:
+        return JSONResponse({"error": "Unexpected fields in the registration."}, status_code=400)
+    return JSONResponse(
+        {"hint": plan.hint, "project": plan.project, "fault": plan.fault, "provider": plan.provider}, status_code=201
+    )
+
+
+async def reset(request):
+    request.app.state.sandbox.reset()
+    return JSONResponse({"reset": True})
+
+
+async def update_settings(request):
+    body = await read_json(request)
+    latency = (body or {}).get("latency_ms")
+    if not isinstance(latency, int) or isinstance(latency, bool) or latency < 0:
+        return JSONResponse({"error": 'Send {"latency_ms": <integer ≥ 0>}.'}, status_code=400)
+    request.app.state.sandbox.latency_ms = latency
+    return JSONResponse({"latency_ms": latency})
+
+
+async def stats(request):
+    return JSONResponse(request.app.state.sandbox.stats.as_json())
+
+
+async def health(request):
+    return JSONResponse({"status": "ok"})
+
+
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+def build_app(latency_ms=0):
+    """The ASGI app with fresh in-memory state."""
+    app = Starlette(
+        routes=[
+            Route("/v1/models", list_models),
+            Route("/v1/models/{model}", retrieve_model),
+            Route("/v1/me", get_me),
+            Route("/openai/models", azure_list_models),
+            Route("/openai/v1/models", azure_v1_list_models),
+            Route("/_sandbox/keys", register_key, methods=["POST"]),
+            Route("/_sandbox/reset", reset, methods=["POST"]),
+            Route("/_sandbox/settings", update_settings, methods=["POST"]),
+            Route("/_sandbox/stats", stats),
+            Route("/_sandbox/health", health),
+            Route("/{path:path}", unknown_route, methods=ALL_METHODS),
+        ]
+    )
+    app.state.sandbox = Sandbox(latency_ms=latency_ms)
+    return ExposeTransport(app)
