@@ -32,6 +32,14 @@ def split_emails(value):
     return [a.strip() for a in (value or "").replace(";", ",").replace("\n", ",").split(",") if a.strip()]
 
 
+class URLField(models.URLField):
+    """A URL field whose form assumes https:// when the scheme is left out (Django 6's
+    default, adopted now)."""
+
+    def formfield(self, **kwargs):
+        return super().formfield(**{"assume_scheme": "https", **kwargs})
+
+
 class Tier(models.Model):
     """An OpenAI usage tier. Rate limits belong to a project, never to a key: more keys in
     one project do not raise them."""
@@ -63,7 +71,7 @@ class Organization(models.Model):
     alert_emails = models.TextField(
         blank=True, validators=[validate_email_list], help_text="Comma-separated addresses for alerts."
     )
-    alert_webhook_url = models.URLField(blank=True)
+    alert_webhook_url = URLField(blank=True)
     created = models.DateTimeField(default=now)
 
     class Meta:
@@ -73,6 +81,7 @@ class Organization(models.Model):
                 fields=["openai_org_id"],
                 condition=~models.Q(openai_org_id=""),
                 name="accounts_organization_unique_openai_org_id",
+                violation_error_message="Another organization already has this OpenAI organization id.",
             ),
         ]
 
@@ -122,8 +131,13 @@ class Project(models.Model):
                 fields=["openai_project_id"],
                 condition=~models.Q(openai_project_id=""),
                 name="accounts_project_unique_openai_project_id",
+                violation_error_message="Another project already has this OpenAI project id.",
             ),
-            models.UniqueConstraint(fields=["organization", "name"], name="accounts_project_unique_name_per_org"),
+            models.UniqueConstraint(
+                fields=["organization", "name"],
+                name="accounts_project_unique_name_per_org",
+                violation_error_message="This organization already has a project with this name.",
+            ),
         ]
 
     def __str__(self):

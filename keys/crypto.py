@@ -145,7 +145,7 @@ def decrypt(ciphertext, version, row_id, ring=None) -> str:
         raise DecryptionError("This secret has no encryption-key version.")
     aead = ring.aead(version)
     data = bytes(ciphertext or b"")
-    if len(data) <= NONCE_BYTES + 16:
+    if len(data) < NONCE_BYTES + 16:
         raise DecryptionError("Stored ciphertext is missing or truncated.")
     try:
         plain = aead.decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], associated_data(row_id, version))

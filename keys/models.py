@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.utils.timezone import now
 
-from accounts.models import Organization, Project
+from accounts.models import Organization, Project, URLField
 from console.upstream import Outcome
 
 from . import crypto, formats
@@ -56,10 +56,10 @@ class ApiKey(models.Model):
     name = models.CharField(max_length=200)
     kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.PROJECT)
     provider = models.CharField(max_length=10, choices=Provider.choices, default=Provider.OPENAI)
-    base_url = models.URLField(
+    base_url = URLField(
         "base URL", blank=True, help_text="For OpenAI-compatible endpoints; blank uses the OpenAI API."
     )
-    azure_endpoint = models.URLField(blank=True, help_text="https://<resource>.openai.azure.com")
+    azure_endpoint = URLField(blank=True, help_text="https://<resource>.openai.azure.com")
     azure_api_version = models.CharField(max_length=40, blank=True)
 
     # The secret: AES-256-GCM ciphertext (nonce ‖ body ‖ tag), the master-key version that
@@ -201,7 +201,7 @@ class ApiKey(models.Model):
 
     # --- state ------------------------------------------------------------------
     def rotation_policy_days(self):
-        if self.project_id:
+        if self.project is not None:
             return self.project.effective_rotation_days()
         return self.organization.rotation_policy_days
 

@@ -2,7 +2,8 @@
 
 The worker imports tests.settings like the suite, with DATABASE_URL pointed at the test
 database pytest-django created, so it sees what the test committed (tests using it need
-`django_db(transaction=True)`).
+`django_db(transaction=True, serialized_rollback=True)`, so the flush after them
+keeps the seeded tiers and groups).
 """
 
 import os

@@ -6,6 +6,12 @@ from keys import crypto
 class Command(BaseCommand):
     help = "Print a new master key for CONSOLE_ENCRYPTION_KEYS (and optionally a fingerprint key)."
 
+    def add_base_argument(self, parser, *args, **kwargs):
+        # Here --version is the key version (documented in README), not Django's version.
+        if "--version" in args:
+            return
+        super().add_base_argument(parser, *args, **kwargs)
+
     def add_arguments(self, parser):
         parser.add_argument("--version", type=int, default=1, dest="key_version", help="Version number to tag it with.")
         parser.add_argument(

@@ -1,0 +1,175 @@
+"""Admin for organizations, projects, tiers and the audit log.
+
+Registering org → project → key is one page each: the organization page has project rows
+and admin-key rows, the project page has key rows. Every change is audited (see
+keys.admin.AuditedAdmin); the audit log itself is read-only for everyone.
+"""
+
+from django.contrib import admin
+from django.db.models import Count
+from django.utils.decorators import method_decorator
+from django.utils.html import format_html
+from django.views.decorators.debug import sensitive_post_parameters
+
+from keys.admin import BADGE_CSS, AdminKeyInline, AuditedAdmin, ProjectKeyInline, ReadOnlyAdmin
+
+from .models import AuditEvent, Organization, Project, Tier
+
+
+class ProjectInline(admin.TabularInline):
+    model = Project
+    fields = ["name", "openai_project_id", "environment", "tier", "monthly_budget_usd", "rotation_policy_days"]
+    extra = 1
+    show_change_link = True
+
+
+@admin.register(Organization)
+class OrganizationAdmin(AuditedAdmin):
+    list_display = [
+        "name",
+        "slug",
+        "openai_org_id",
+        "rotation_policy_days",
+        "monthly_budget_usd",
+        "project_count",
+        "key_count",
+    ]
+    search_fields = ["name", "slug", "openai_org_id"]
+    prepopulated_fields = {"slug": ["name"]}
+    fields = [
+        "name",
+        "slug",
+        "openai_org_id",
+        "rotation_policy_days",
+        "monthly_budget_usd",
+        "alert_emails",
+        "alert_webhook_url",
+    ]
+    inlines = [ProjectInline, AdminKeyInline]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(n_projects=Count("projects", distinct=True), n_keys=Count("api_keys", distinct=True))
+        )
+
+    # Key rows carry secrets under prefixed names (api_keys-0-secret): star every POST
+    # parameter in error reports.
+    @method_decorator(sensitive_post_parameters())
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+    @admin.display(description="projects", ordering="n_projects")
+    def project_count(self, org):
+        return org.n_projects
+
+    @admin.display(description="keys", ordering="n_keys")
+    def key_count(self, org):
+        return org.n_keys
+
+
+class ArchivedFilter(admin.SimpleListFilter):
+    title = "archived"
+    parameter_name = "archived"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Yes"), ("no", "No")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(archived_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(archived_at__isnull=True)
+        return queryset
+
+
+def tier_mismatch_badge(project):
+    """A warning span when the API reports other limits than the project's tier, else ""."""
+    mismatch = project.tier_mismatch()
+    if mismatch is None:
+        return ""
+    configured, observed = mismatch
+    return format_html(
+        '<span class="state warn" title="tier mismatch">{} says {} RPM, API reports {}</span>',
+        project.tier.name,
+        f"{configured:,}",
+        f"{observed:,}",
+    )
+
+
+@admin.register(Project)
+class ProjectAdmin(AuditedAdmin):
+    list_display = [
+        "name",
+        "organization",
+        "openai_project_id",
+        "environment",
+        "tier",
+        "tier_check",
+        "monthly_budget_usd",
+        "key_count",
+        "is_archived",
+    ]
+    list_select_related = ["organization", "tier"]
+    list_filter = ["organization", "environment", "tier", ArchivedFilter]
+    search_fields = ["name", "openai_project_id", "organization__name"]
+    fields = [
+        "organization",
+        "name",
+        "openai_project_id",
+        "environment",
+        "tier",
+        "tier_check",
+        "monthly_budget_usd",
+        "rotation_policy_days",
+        "archived_at",
+        "observed_rpm",
+        "observed_tpm",
+        "observed_limits_at",
+    ]
+    readonly_fields = ["tier_check", "observed_rpm", "observed_tpm", "observed_limits_at"]
+
+    class Media:
+        css = BADGE_CSS
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(n_keys=Count("api_keys"))
+
+    def get_inlines(self, request, obj):
+        # A key needs a saved project (ApiKey.clean requires project_id), so key rows
+        # appear once the project exists: "Save and continue editing", then add keys.
+        return [ProjectKeyInline] if obj is not None else []
+
+    @method_decorator(sensitive_post_parameters())
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+    @admin.display(description="keys", ordering="n_keys")
+    def key_count(self, project):
+        return project.n_keys
+
+    @admin.display(description="archived", boolean=True, ordering="archived_at")
+    def is_archived(self, project):
+        return project.archived_at is not None
+
+    @admin.display(description="tier check")
+    def tier_check(self, project):
+        return tier_mismatch_badge(project)
+
+
+@admin.register(Tier)
+class TierAdmin(AuditedAdmin):
+    list_display = ["name", "requests_per_minute", "tokens_per_minute", "position"]
+    list_editable = ["requests_per_minute", "tokens_per_minute", "position"]
+    search_fields = ["name"]
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = ["at", "actor_label", "action", "target_type", "target_repr"]
+    list_filter = ["action", "target_type"]
+    search_fields = ["actor_label", "target_repr"]
+    date_hierarchy = "at"
+    fields = ["at", "actor", "actor_label", "action", "target_type", "target_id", "target_repr", "details"]
+    list_select_related = ["actor"]
