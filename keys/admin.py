@@ -18,6 +18,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from accounts.models import AuditEvent, Project
 from console.upstream import Outcome
 
+from . import tasks
 from .forms import ApiKeyForm
 from .models import ApiKey, Circuit, CircuitState, Kind, ProbeResult
 
@@ -277,7 +278,7 @@ class ApiKeyAdmin(AuditedAdmin):
     list_filter = ["provider", "kind", "organization", StatusFilter, LastProbeFilter]
     # Never secret_ciphertext or fingerprint (see SECRET_FIELDS).
     search_fields = ["name", "hint", "owner", "upstream_key_id", "project__name", "organization__name"]
-    actions = ["revoke_selected"]
+    actions = ["probe_selected", "revoke_selected"]
     fieldsets = [
         (None, {"fields": ["organization", "project", "name", "kind", "provider", "secret", "hint"]}),
         ("Endpoint", {"fields": ["base_url", "azure_endpoint", "azure_api_version"], "classes": ["collapse"]}),
@@ -339,6 +340,11 @@ class ApiKeyAdmin(AuditedAdmin):
     @admin.display(description="last probe", ordering="last_probe_outcome")
     def last_probe(self, key):
         return outcome_badge(key.last_probe_outcome)
+
+    @admin.action(description="Probe now", permissions=["change"])
+    def probe_selected(self, request, queryset):
+        queued = tasks.enqueue_probes(list(queryset.filter(revoked_at__isnull=True).values_list("pk", flat=True)))
+        self.message_user(request, f"Queued a probe for {queued} key(s); results appear under “Last probe”.")
 
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_selected(self, request, queryset):

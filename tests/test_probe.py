@@ -283,3 +283,38 @@ def test_an_admin_key_is_probed_against_its_organization(make_key, org, sandbox)
     sandbox.register(secret, fault="healthy")
     probe_now(key)
     assert result_of(key).outcome == Outcome.OK
+
+
+def test_probe_now_in_the_admin_claims_the_selected_keys(admin_client, make_key):
+    active, _ = make_key()
+    revoked, _ = make_key(revoked_at=timezone.now())
+    response = admin_client.post(
+        "/admin/keys/apikey/",
+        {"action": "probe_selected", "_selected_action": [str(active.pk), str(revoked.pk)]},
+        follow=True,
+    )
+    assert "Queued a probe for 1 key(s)" in response.content.decode()
+    active.refresh_from_db()
+    revoked.refresh_from_db()
+    assert active.next_probe_at > timezone.now()  # leased to the queued batch
+    assert revoked.next_probe_at is None
+
+
+def test_the_probe_keys_command_prints_a_summary_per_outcome(key_with):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    key_with("healthy")
+    key_with("revoked")
+    out = StringIO()
+    call_command("probe_keys", "--no-progress", stdout=out)
+    lines = dict(line.rsplit(None, 1) for line in out.getvalue().splitlines()[1:])
+    assert lines == {"ok": "1", "invalid_key": "1", "total": "2"}
+
+
+def test_the_probe_keys_command_refuses_an_unknown_organization(db):
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="No organization with slug"):
+        call_command("probe_keys", "--org", "nope")

@@ -30,7 +30,7 @@ CHANGELISTS = {
     "keys.apikey": (
         {"q": "Chatbot", "status": "active", "probe": "ok", "provider__exact": "openai", "kind__exact": "project"},
         1,
-        ["revoke_selected", "delete_selected"],
+        ["probe_selected", "revoke_selected", "delete_selected"],
     ),
     "keys.proberesult": ({"q": "req_roles_1", "outcome__exact": "ok"}, 1, ["delete_selected"]),
     "keys.circuit": ({"q": "api.openai.com", "state__exact": "open"}, 1, ["close_selected", "delete_selected"]),
@@ -134,6 +134,15 @@ def test_every_model_of_ours_in_the_admin_is_covered_here():
         if model._meta.app_label in ("accounts", "keys")
     }
     assert ours == set(CHANGELISTS)
+
+
+def test_every_admin_action_of_ours_is_covered_here(rf, db):
+    request = rf.get("/")
+    request.user = User.objects.create_superuser("root", "root@example.com", "pw-root-123456")
+    for model, model_admin in admin.site._registry.items():
+        label = f"{model._meta.app_label}.{model._meta.model_name}"
+        if label in CHANGELISTS:
+            assert set(model_admin.get_actions(request)) <= set(CHANGELISTS[label][2]), label
 
 
 @pytest.mark.django_db
