@@ -17,8 +17,8 @@ def _reachable(host, port):
 def pytest_sessionstart(session):
     missing = []
     if not _reachable("127.0.0.1", 5432):
-        missing.append("PostgreSQL on 127.0.0.1:5432 (DATABASE_URL=%s)" % os.environ.get("DATABASE_URL"))
+        missing.append(f"PostgreSQL on 127.0.0.1:5432 (DATABASE_URL={os.environ.get('DATABASE_URL')})")
     if not _reachable("127.0.0.1", 6379):
-        missing.append("Redis on 127.0.0.1:6379 (REDIS_URL=%s)" % os.environ.get("REDIS_URL"))
+        missing.append(f"Redis on 127.0.0.1:6379 (REDIS_URL={os.environ.get('REDIS_URL')})")
     if missing:
         pytest.exit("The test suite needs: " + "; ".join(missing) + ". Start them (see README, Tests).", returncode=3)

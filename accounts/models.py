@@ -59,9 +59,7 @@ class Tier(models.Model):
 class Organization(models.Model):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100, unique=True)
-    openai_org_id = models.CharField(
-        "OpenAI organization id", max_length=80, blank=True, validators=[org_id_validator]
-    )
+    openai_org_id = models.CharField("OpenAI organization id", max_length=80, blank=True, validators=[org_id_validator])
     rotation_policy_days = models.PositiveIntegerField(
         default=90, validators=[at_least_one_day], help_text="Keys older than this are overdue for rotation."
     )

@@ -12,6 +12,7 @@ sample in the same run, and the peak memory (VmHWM) of every worker process.
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -81,7 +82,8 @@ def main():
             if worker.poll() is not None:
                 raise SystemExit("worker died")
         wall = time.monotonic() - started
-        peak = worker_peak_rss(worker.pid)
+        peak = process_tree_peak_rss(worker.pid)
+        sandbox_peak = process_tree_peak_rss(sandbox.pid)
 
         baseline = sequential_baseline(secrets_by_key[: args.baseline_sample], args.port)
         ideal = args.keys * args.latency_ms / 1000 / settings.PROBE_CONCURRENCY / args.concurrency
@@ -97,6 +99,8 @@ def main():
         print(f"sequential baseline       {baseline:.1f} keys/s  (one client per call, {args.baseline_sample} keys)")
         print(f"speed-up over baseline    {rate / baseline:.1f}×")
         print(f"peak RSS per worker proc  {', '.join(f'{p / 1024:.0f} MB' for p in peak)}")
+        print(f"peak RSS sandbox API      {max(sandbox_peak) / 1024:.0f} MB")
+        print(f"peak RSS this process     {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     finally:
         if worker:
             worker.terminate()
@@ -124,8 +128,21 @@ def start_sandbox(port):
 
 def start_worker(concurrency):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "console", "worker", "-l", "warning", "-c", str(concurrency),
-         "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "console",
+            "worker",
+            "-l",
+            "warning",
+            "-c",
+            str(concurrency),
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -159,7 +176,7 @@ def seed(args, control):
         plain.append(secret)
     with transaction.atomic():
         ApiKey.objects.bulk_create(keys, batch_size=1000)
-    for secret, key in zip(plain, keys):
+    for secret, key in zip(plain, keys, strict=True):
         control.register(secret, project=key.project.openai_project_id, rpm=1_000_000)
     return plain
 
@@ -176,8 +193,8 @@ def sequential_baseline(sample, port):
     return len(sample) / (time.monotonic() - started)
 
 
-def worker_peak_rss(pid):
-    """VmHWM (peak resident set, KiB) of the worker's main process and its pool children."""
+def process_tree_peak_rss(pid):
+    """VmHWM (peak resident set, KiB) of a process and its direct children."""
     pids = [pid]
     children = Path(f"/proc/{pid}/task/{pid}/children")
     if children.exists():

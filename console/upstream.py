@@ -233,9 +233,7 @@ class Pool:
         reply = Reply(outcome=Outcome.OK, client_request_id=client_request_id)
         started = time.monotonic()
         try:
-            raw = await client.models.with_raw_response.list(
-                extra_headers={"X-Client-Request-Id": client_request_id}
-            )
+            raw = await client.models.with_raw_response.list(extra_headers={"X-Client-Request-Id": client_request_id})
         except openai.APIStatusError as e:
             reply.http_status = e.status_code
             body = e.body if isinstance(e.body, dict) else {}
@@ -264,4 +262,3 @@ class Pool:
                 reply.message = "The models list was not the JSON object the API documents."
         reply.duration_ms = int((time.monotonic() - started) * 1000)
         return reply
-

@@ -28,14 +28,10 @@ AZURE = "azure"
 
 PATTERNS = {
     PROJECT: re.compile(rf"^sk-proj-(?:{BODY}{{74}}{MARKER}{BODY}{{74}}|{BODY}{{58}}{MARKER}{BODY}{{58}})$"),
-    SERVICE_ACCOUNT: re.compile(
-        rf"^sk-svcacct-(?:{BODY}{{74}}{MARKER}{BODY}{{74}}|{BODY}{{58}}{MARKER}{BODY}{{58}})$"
-    ),
+    SERVICE_ACCOUNT: re.compile(rf"^sk-svcacct-(?:{BODY}{{74}}{MARKER}{BODY}{{74}}|{BODY}{{58}}{MARKER}{BODY}{{58}})$"),
     ADMIN: re.compile(rf"^sk-admin-(?:{BODY}{{58}}{MARKER}{BODY}{{58}}|{BODY}{{74}}{MARKER}{BODY}{{74}})$"),
     LEGACY: re.compile(rf"^sk-{ALNUM}{{20}}{MARKER}{ALNUM}{{20}}$"),
-    AZURE: re.compile(
-        rf"^(?:[0-9a-fA-F]{{32}}|{ALNUM}{{52}}JQQJ9[9DH]{ALNUM}[A-L]{ALNUM}{{16}}[A-Za-z]{ALNUM}{{7}})$"
-    ),
+    AZURE: re.compile(rf"^(?:[0-9a-fA-F]{{32}}|{ALNUM}{{52}}JQQJ9[9DH]{ALNUM}[A-L]{ALNUM}{{16}}[A-Za-z]{ALNUM}{{7}})$"),
 }
 
 PREFIXES = [("sk-svcacct-", SERVICE_ACCOUNT), ("sk-admin-", ADMIN), ("sk-proj-", PROJECT), ("sk-", LEGACY)]

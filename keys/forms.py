@@ -42,7 +42,9 @@ class ApiKeyForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if "organization" in self.fields:
             self.fields["organization"].required = False
-            self.fields["organization"].help_text = "Taken from the project when one is chosen; required for admin keys."
+            self.fields[
+                "organization"
+            ].help_text = "Taken from the project when one is chosen; required for admin keys."
 
     def clean(self):
         cleaned = super().clean()

@@ -42,7 +42,9 @@ class ApiKeyQuerySet(models.QuerySet):
     def due_for_probe(self, now):
         """Active keys whose next probe time has come, or that were never scheduled: the
         sweep's candidate set (index keys_apikey_due_for_probe)."""
-        return self.filter(models.Q(next_probe_at__lte=now) | models.Q(next_probe_at__isnull=True), revoked_at__isnull=True)
+        return self.filter(
+            models.Q(next_probe_at__lte=now) | models.Q(next_probe_at__isnull=True), revoked_at__isnull=True
+        )
 
 
 class ApiKey(models.Model):
@@ -50,15 +52,17 @@ class ApiKey(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     organization = models.ForeignKey(Organization, models.CASCADE, related_name="api_keys")
     project = models.ForeignKey(
-        Project, models.CASCADE, null=True, blank=True, related_name="api_keys",
+        Project,
+        models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="api_keys",
         help_text="Required for project and service-account keys; empty for admin keys.",
     )
     name = models.CharField(max_length=200)
     kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.PROJECT)
     provider = models.CharField(max_length=10, choices=Provider.choices, default=Provider.OPENAI)
-    base_url = URLField(
-        "base URL", blank=True, help_text="For OpenAI-compatible endpoints; blank uses the OpenAI API."
-    )
+    base_url = URLField("base URL", blank=True, help_text="For OpenAI-compatible endpoints; blank uses the OpenAI API.")
     azure_endpoint = URLField(blank=True, help_text="https://<resource>.openai.azure.com")
     azure_api_version = models.CharField(max_length=40, blank=True)
 
@@ -92,7 +96,10 @@ class ApiKey(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["fingerprint"], name="keys_apikey_unique_fingerprint"),
             models.CheckConstraint(
-                condition=(models.Q(kind="admin", project__isnull=True) | (~models.Q(kind="admin") & models.Q(project__isnull=False))),
+                condition=(
+                    models.Q(kind="admin", project__isnull=True)
+                    | (~models.Q(kind="admin") & models.Q(project__isnull=False))
+                ),
                 name="keys_apikey_admin_keys_have_no_project",
             ),
         ]
@@ -125,7 +132,10 @@ class ApiKey(models.Model):
         if fmt in accepted:
             return
         if fmt == formats.ADMIN:
-            msg = "This is an admin key (sk-admin-…): register it on the organization as kind “Admin key”, not on a project."
+            msg = (
+                "This is an admin key (sk-admin-…): register it on the organization as kind “Admin key”, "
+                "not on a project."
+            )
         elif self.kind == Kind.ADMIN:
             msg = f"An admin key must start with sk-admin-; this is {formats.DESCRIPTIONS[fmt]}."
         elif self.provider == Provider.AZURE:
@@ -192,9 +202,12 @@ class ApiKey(models.Model):
     def validate_unique(self, exclude=None):
         super().validate_unique(exclude)
         if self.fingerprint:
-            holder = ApiKey.objects.filter(fingerprint=self.fingerprint).exclude(pk=self.pk).select_related(
-                "project", "organization"
-            ).first()
+            holder = (
+                ApiKey.objects.filter(fingerprint=self.fingerprint)
+                .exclude(pk=self.pk)
+                .select_related("project", "organization")
+                .first()
+            )
             if holder:
                 where = f"project “{holder.project}”" if holder.project else f"organization “{holder.organization}”"
                 raise ValidationError({"secret": f"This key is already registered as “{holder.name}” in {where}."})

@@ -27,8 +27,7 @@ from console.upstream import Outcome
 
 from . import crypto, limiter
 from .circuit import Breakers
-from .models import ApiKey, CircuitState, Provider, ProbeResult
-
+from .models import ApiKey, CircuitState, ProbeResult, Provider
 
 RESULT_FIELDS = [
     "http_status",
@@ -171,9 +170,7 @@ def load_claimed(claims):
             "organization", "project__tier", "project__organization"
         )
     }
-    done = set(
-        ProbeResult.objects.filter(key_id__in=keys, slot__in=set(slots.values())).values_list("key_id", "slot")
-    )
+    done = set(ProbeResult.objects.filter(key_id__in=keys, slot__in=set(slots.values())).values_list("key_id", "slot"))
     todo = [(k, slots[pk]) for pk, k in keys.items() if (k.pk, slots[pk]) not in done]
     return todo, len(keys) - len(todo)
 
@@ -253,4 +250,3 @@ def update_key_state(key, reply, breaker, now):
         key.consecutive_failures = 0
     elif outcome in Outcome.failures():
         key.consecutive_failures += 1
-

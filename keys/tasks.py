@@ -9,7 +9,8 @@ from celery import shared_task
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
-from . import probe, sweep as sweeping
+from . import probe
+from . import sweep as sweeping
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import pytest
 import redis
-from django.utils import timezone
 from django.conf import settings as django_settings
+from django.utils import timezone
 
 from accounts.models import Project, Tier
 from console.upstream import Outcome

@@ -70,7 +70,9 @@ def test_a_worker_sweep_probes_every_active_key_exactly_once(tmp_path, broker, s
     assert Outcome.OK in outcomes.values() and Outcome.INVALID_KEY in outcomes.values()
 
 
-def test_two_workers_and_repeated_sweeps_never_probe_a_key_twice_in_a_slot(tmp_path, broker, sandbox, mixed_keys, settings):
+def test_two_workers_and_repeated_sweeps_never_probe_a_key_twice_in_a_slot(
+    tmp_path, broker, sandbox, mixed_keys, settings
+):
     keys, _, _ = mixed_keys
     settings.PROBE_BATCH_SIZE = 2
     env = dict(OPENAI_BASE_URL=sandbox.openai_url, **FAST_RETRIES)
@@ -83,7 +85,9 @@ def test_two_workers_and_repeated_sweeps_never_probe_a_key_twice_in_a_slot(tmp_p
     assert sandbox.stats()["per_project"]  # the probes really went over HTTP
 
 
-def test_killing_the_worker_mid_sweep_still_gives_every_key_one_result(tmp_path, broker, sandbox, make_key, project, settings):
+def test_killing_the_worker_mid_sweep_still_gives_every_key_one_result(
+    tmp_path, broker, sandbox, make_key, project, settings
+):
     keys = []
     for _ in range(12):
         key, secret = make_key()
@@ -117,9 +121,7 @@ def test_no_secret_reaches_redis_the_worker_log_or_the_results(tmp_path, broker,
         log = worker.read_log()
     assert ProbeResult.objects.filter(outcome=Outcome.INVALID_KEY).exists()  # the 401 echo was exercised
     assert not [k for k in broker.scan_iter("celery-task-meta-*")], "tasks must not store results"
-    stored = "\n".join(
-        str(v) for row in ProbeResult.objects.values() for v in row.values()
-    )
+    stored = "\n".join(str(v) for row in ProbeResult.objects.values() for v in row.values())
     for secret in secrets:
         for fragment in (secret, secret[8:40], secret[-30:]):
             assert fragment not in redis_dump

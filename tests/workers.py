@@ -25,7 +25,9 @@ def worker_env(**overrides):
     env = dict(os.environ)
     env.update(
         DJANGO_SETTINGS_MODULE="tests.settings",
-        DATABASE_URL=f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        DATABASE_URL="postgres://{}@{}:{}/{}".format(
+            db["USER"] or "postgres", db["HOST"] or "127.0.0.1", db["PORT"] or 5432, db["NAME"]
+        ),
         REDIS_URL=settings.REDIS_URL,
         PYTHONUNBUFFERED="1",
     )
@@ -46,10 +48,30 @@ class Worker:
     def start(self, timeout=60):
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "console", "worker", "-l", "info", "-P", "prefork",
-             "-c", str(self.concurrency), "-n", self.name, "--without-gossip", "--without-mingle",
-             "--without-heartbeat"],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "console",
+                "worker",
+                "-l",
+                "info",
+                "-P",
+                "prefork",
+                "-c",
+                str(self.concurrency),
+                "-n",
+                self.name,
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

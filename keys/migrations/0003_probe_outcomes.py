@@ -4,20 +4,57 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('keys', '0002_roles'),
+        ("keys", "0002_roles"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='apikey',
-            name='last_probe_outcome',
-            field=models.CharField(blank=True, choices=[('ok', 'OK'), ('invalid_key', 'Invalid key'), ('auth_unknown', 'Auth failed (not the key)'), ('permission_denied', 'Permission denied'), ('not_found', 'Not found'), ('quota_exhausted', 'Quota exhausted'), ('rate_limited', 'Rate limited (alive)'), ('server_error', 'Server error'), ('timeout', 'Timeout'), ('network_error', 'Network error'), ('malformed_response', 'Malformed response'), ('unexpected_status', 'Unexpected status'), ('skipped_circuit_open', 'Skipped (circuit open)'), ('decryption_failed', 'Secret could not be decrypted')], editable=False, max_length=30),
+            model_name="apikey",
+            name="last_probe_outcome",
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ("ok", "OK"),
+                    ("invalid_key", "Invalid key"),
+                    ("auth_unknown", "Auth failed (not the key)"),
+                    ("permission_denied", "Permission denied"),
+                    ("not_found", "Not found"),
+                    ("quota_exhausted", "Quota exhausted"),
+                    ("rate_limited", "Rate limited (alive)"),
+                    ("server_error", "Server error"),
+                    ("timeout", "Timeout"),
+                    ("network_error", "Network error"),
+                    ("malformed_response", "Malformed response"),
+                    ("unexpected_status", "Unexpected status"),
+                    ("skipped_circuit_open", "Skipped (circuit open)"),
+                    ("decryption_failed", "Secret could not be decrypted"),
+                ],
+                editable=False,
+                max_length=30,
+            ),
         ),
         migrations.AlterField(
-            model_name='proberesult',
-            name='outcome',
-            field=models.CharField(choices=[('ok', 'OK'), ('invalid_key', 'Invalid key'), ('auth_unknown', 'Auth failed (not the key)'), ('permission_denied', 'Permission denied'), ('not_found', 'Not found'), ('quota_exhausted', 'Quota exhausted'), ('rate_limited', 'Rate limited (alive)'), ('server_error', 'Server error'), ('timeout', 'Timeout'), ('network_error', 'Network error'), ('malformed_response', 'Malformed response'), ('unexpected_status', 'Unexpected status'), ('skipped_circuit_open', 'Skipped (circuit open)'), ('decryption_failed', 'Secret could not be decrypted')], max_length=30),
+            model_name="proberesult",
+            name="outcome",
+            field=models.CharField(
+                choices=[
+                    ("ok", "OK"),
+                    ("invalid_key", "Invalid key"),
+                    ("auth_unknown", "Auth failed (not the key)"),
+                    ("permission_denied", "Permission denied"),
+                    ("not_found", "Not found"),
+                    ("quota_exhausted", "Quota exhausted"),
+                    ("rate_limited", "Rate limited (alive)"),
+                    ("server_error", "Server error"),
+                    ("timeout", "Timeout"),
+                    ("network_error", "Network error"),
+                    ("malformed_response", "Malformed response"),
+                    ("unexpected_status", "Unexpected status"),
+                    ("skipped_circuit_open", "Skipped (circuit open)"),
+                    ("decryption_failed", "Secret could not be decrypted"),
+                ],
+                max_length=30,
+            ),
         ),
     ]

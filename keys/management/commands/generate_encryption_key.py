@@ -14,9 +14,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--version", type=int, default=1, dest="key_version", help="Version number to tag it with.")
-        parser.add_argument(
-            "--fingerprint", action="store_true", help="Print a CONSOLE_FINGERPRINT_KEY value instead."
-        )
+        parser.add_argument("--fingerprint", action="store_true", help="Print a CONSOLE_FINGERPRINT_KEY value instead.")
 
     def handle(self, *args, key_version, fingerprint, **options):
         if key_version < 1:

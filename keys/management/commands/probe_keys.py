@@ -61,4 +61,3 @@ class Command(BaseCommand):
             if count:
                 self.stdout.write(f"{label.ljust(width)}  {count}")
         self.stdout.write(f"{'total'.ljust(width)}  {claimed}")
-
