@@ -1,0 +1,302 @@
+"""Load the demo organization into the console and register its keys with the sandbox.
+
+Creates (once) the organization “Demo Org” with four projects across environments and
+tiers and twelve keys of every kind, with secrets generated at run time, some overdue
+for rotation, one revoked. Every run then registers each live demo key with the sandbox
+API under its fault plan (healthy, revoked upstream, out of quota, throttled, flaky,
+slow): the sandbox keeps keys in memory, so a restarted sandbox needs them again. The
+secrets for that come from the database (ApiKey.reveal_secret), so they are never
+printed, passed on a command line or written anywhere but the encrypted column.
+
+Running it twice changes nothing in the database: objects are found by name.
+"""
+
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import AuditEvent, Environment, Organization, Project, Tier
+from console import upstream
+from keys import crypto, formats
+from keys.forms import ApiKeyForm
+from keys.models import ApiKey, Kind, Provider
+
+ACTOR = "demo"
+
+ORGANIZATION = {
+    "slug": "demo",
+    "name": "Demo Org",
+    "openai_org_id": "org-DemoDemo000001",
+    "rotation_policy_days": 90,
+    "monthly_budget_usd": Decimal("2500.00"),
+    "alert_emails": "platform-team@example.com",
+}
+
+
+@dataclass(frozen=True)
+class ProjectSpec:
+    name: str
+    openai_project_id: str
+    environment: str
+    tier: str
+    monthly_budget_usd: Decimal | None
+
+
+PROJECTS = [
+    ProjectSpec("Checkout assistant", "proj_DemoCheckout0001", Environment.PRODUCTION, "Tier 2", Decimal("1500.00")),
+    ProjectSpec("Support bot", "proj_DemoSupport00001", Environment.STAGING, "Tier 1", Decimal("400.00")),
+    ProjectSpec("Research notebooks", "proj_DemoResearch0001", Environment.RESEARCH, "Free", Decimal("50.00")),
+    ProjectSpec("Internal tools", "proj_DemoInternal0001", Environment.DEVELOPMENT, "Tier 1", None),
+]
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """One demo key. `project` is a ProjectSpec name, or None for the organization's
+    admin key. `fault` is the sandbox fault plan; None means the key is revoked in the
+    console and is not registered (the sandbox answers 401 for it, as OpenAI would)."""
+
+    name: str
+    project: str | None
+    kind: str
+    fmt: str
+    fault: str | None
+    issued_days_ago: int
+    rotated_days_ago: int | None = None
+    revoked_days_ago: int | None = None
+    provider: str = Provider.OPENAI
+    owner: str = ""
+    upstream_key_id: str = ""
+    fault_options: tuple = ()
+
+
+KEYS = [
+    KeySpec("checkout-web", "Checkout assistant", Kind.PROJECT, formats.PROJECT, "healthy", 30, owner="web team"),
+    KeySpec(
+        "checkout-worker",
+        "Checkout assistant",
+        Kind.SERVICE_ACCOUNT,
+        formats.SERVICE_ACCOUNT,
+        "healthy",
+        150,
+        owner="payments",
+        upstream_key_id="svc_acct_DemoCheckoutWorker",
+    ),
+    KeySpec(
+        "checkout-batch",
+        "Checkout assistant",
+        Kind.PROJECT,
+        formats.PROJECT,
+        "slow",
+        60,
+        owner="data team",
+        fault_options=(("delay_ms", 1500),),
+    ),
+    KeySpec(
+        "checkout-2024",
+        "Checkout assistant",
+        Kind.PROJECT,
+        formats.PROJECT,
+        None,
+        400,
+        revoked_days_ago=200,
+        owner="web team",
+    ),
+    KeySpec(
+        "support-bot",
+        "Support bot",
+        Kind.PROJECT,
+        formats.PROJECT,
+        "healthy",
+        200,
+        rotated_days_ago=20,
+        owner="support",
+    ),
+    KeySpec(
+        "support-ingest", "Support bot", Kind.SERVICE_ACCOUNT, formats.SERVICE_ACCOUNT, "throttled", 45, owner="support"
+    ),
+    KeySpec("support-laptop", "Support bot", Kind.PROJECT, formats.PROJECT, "revoked", 120, owner="j.doe"),
+    KeySpec("research-notebook", "Research notebooks", Kind.PROJECT, formats.PROJECT, "quota", 15, owner="research"),
+    KeySpec(
+        "research-eval",
+        "Research notebooks",
+        Kind.PROJECT,
+        formats.LEGACY,
+        "flaky",
+        210,
+        owner="research",
+        fault_options=(("fail_rate", 0.5),),
+    ),
+    KeySpec(
+        "tools-ci", "Internal tools", Kind.SERVICE_ACCOUNT, formats.SERVICE_ACCOUNT, "healthy", 95, owner="platform"
+    ),
+    KeySpec(
+        "tools-azure",
+        "Internal tools",
+        Kind.PROJECT,
+        formats.AZURE,
+        "healthy",
+        20,
+        provider=Provider.AZURE,
+        owner="platform",
+    ),
+    KeySpec("org-admin", None, Kind.ADMIN, formats.ADMIN, "healthy", 80, owner="platform"),
+]
+
+
+def sandbox_root(base_url):
+    """The sandbox's root URL from an OpenAI base URL: http://host:8100/v1 → http://host:8100."""
+    root = base_url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+class Command(BaseCommand):
+    help = "Create the demo organization, projects and keys (idempotent) and register the keys with the sandbox API."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--sandbox-url",
+            default=None,
+            help="Root URL of the sandbox API (default: OPENAI_BASE_URL without /v1).",
+        )
+        parser.add_argument(
+            "--no-sandbox", action="store_true", help="Only create the database objects; register nothing."
+        )
+        parser.add_argument("--wait", type=float, default=30.0, help="Seconds to wait for the sandbox to answer.")
+
+    def handle(self, *args, sandbox_url, no_sandbox, wait, **options):
+        root = sandbox_root(sandbox_url or settings.OPENAI_BASE_URL)
+        now = timezone.now()
+        with transaction.atomic():
+            org, projects, created = self.create_hierarchy(root, now)
+        self.stdout.write(
+            f"Demo data: organization “{org.name}”, {len(projects)} projects, "
+            f"{ApiKey.objects.filter(organization=org).count()} keys ({created} created now)."
+        )
+        if no_sandbox:
+            return
+        registered = self.register_with_sandbox(org, projects, root, wait)
+        self.stdout.write(f"Registered {registered} demo keys with the sandbox at {root}.")
+
+    # --- the database ------------------------------------------------------------
+    def create_hierarchy(self, sandbox, now):
+        """Find or create the organization, projects and keys; returns (org, {name:
+        project}, number of keys created)."""
+        fields = {k: v for k, v in ORGANIZATION.items() if k != "slug"}
+        org, org_created = Organization.objects.get_or_create(slug=ORGANIZATION["slug"], defaults=fields)
+        if org_created:
+            AuditEvent.record(ACTOR, "organization.created", org, source="load_demo")
+
+        tiers = {t.name: t for t in Tier.objects.all()}
+        projects = {}
+        for spec in PROJECTS:
+            project, project_created = Project.objects.get_or_create(
+                organization=org,
+                name=spec.name,
+                defaults={
+                    "openai_project_id": spec.openai_project_id,
+                    "environment": spec.environment,
+                    "tier": tiers.get(spec.tier),
+                    "monthly_budget_usd": spec.monthly_budget_usd,
+                },
+            )
+            if project_created:
+                AuditEvent.record(ACTOR, "project.created", project, source="load_demo")
+            projects[spec.name] = project
+
+        existing = set(ApiKey.objects.filter(organization=org).values_list("name", flat=True))
+        created = 0
+        for spec in KEYS:
+            if spec.name not in existing:
+                self.create_key(org, projects.get(spec.project), spec, sandbox, now)
+                created += 1
+        return org, projects, created
+
+    def create_key(self, org, project, spec, sandbox, now):
+        """Register one key through ApiKeyForm, the path the admin and add_key use."""
+        secret = formats.generate(spec.fmt)
+        form = ApiKeyForm(
+            data={
+                "organization": org.pk,
+                "project": project.pk if project else "",
+                "name": spec.name,
+                "kind": spec.kind,
+                "provider": spec.provider,
+                "secret": secret,
+                "azure_endpoint": sandbox if spec.provider == Provider.AZURE else "",
+                "upstream_key_id": spec.upstream_key_id,
+                "owner": spec.owner,
+                "issued_at": (now - timedelta(days=spec.issued_days_ago)).isoformat(),
+            }
+        )
+        if not form.is_valid():
+            # Form errors describe fields and shapes, never the secret itself.
+            raise CommandError(f"Demo key “{spec.name}” was rejected: {form.errors.as_text()}")
+        key = form.save()
+        later = {}
+        if spec.rotated_days_ago is not None:
+            later["rotated_at"] = now - timedelta(days=spec.rotated_days_ago)
+        if spec.revoked_days_ago is not None:
+            later["revoked_at"] = now - timedelta(days=spec.revoked_days_ago)
+        else:
+            later["next_probe_at"] = now  # due at once: the next probe sweep picks it up
+        ApiKey.objects.filter(pk=key.pk).update(**later)
+        AuditEvent.record(ACTOR, "key.created", key, hint=key.hint, source="load_demo")
+        return key
+
+    # --- the sandbox -------------------------------------------------------------
+    def register_with_sandbox(self, org, projects, root, wait):
+        """Register every live demo key with the sandbox under its fault plan; returns
+        how many were registered."""
+        from sandbox.control import SandboxControl
+
+        control = SandboxControl(root)
+        try:
+            ready = control.wait_ready(timeout=wait)
+        except Exception as e:
+            ready, reason = False, type(e).__name__
+        else:
+            reason = "timed out"
+        if ready is False:
+            raise CommandError(
+                f"The sandbox API at {root} did not answer ({reason}). "
+                "Start it with: python manage.py sandbox_api --port 8100"
+            )
+        keys = {k.name: k for k in ApiKey.objects.filter(organization=org).select_related("project__tier")}
+        registered = 0
+        for spec in KEYS:
+            key = keys.get(spec.name)
+            if key is None or key.is_revoked() or spec.fault is None:
+                continue
+            try:
+                secret = key.reveal_secret()
+            except crypto.CryptoError as e:
+                raise CommandError(
+                    f"Cannot decrypt demo key “{key.name}”: {e} The database was written with other "
+                    "encryption keys; restore CONSOLE_ENCRYPTION_KEYS in .env, or delete db.sqlite3 to start over."
+                ) from None
+            try:
+                control.register(secret, fault=spec.fault, **self.registration_options(org, key, spec))
+            except Exception as e:
+                raise CommandError(f"The sandbox refused demo key “{key.name}”: {upstream.scrub(e, secret)}") from None
+            registered += 1
+        return registered
+
+    def registration_options(self, org, key, spec):
+        """Everything the sandbox needs besides the secret and the fault plan."""
+        options = dict(spec.fault_options)
+        options["provider"] = key.provider
+        if key.provider == Provider.OPENAI:
+            options["organization"] = org.openai_org_id
+            if key.project and key.project.openai_project_id:
+                options["project"] = key.project.openai_project_id
+        tier = key.project.tier if key.project else None
+        if tier is not None:
+            options["rpm"] = tier.requests_per_minute
+            options["tpm"] = tier.tokens_per_minute
+        return options

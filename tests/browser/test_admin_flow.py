@@ -1,0 +1,154 @@
+"""The admin in a real browser: a console admin registers an organization, a project and
+a key; the secret never comes back into a page. Also writes the screenshots in
+docs/screenshots/ that the README shows.
+
+Drives Debian's Chromium (/usr/bin/chromium) through Playwright; never a downloaded
+browser. Missing Chromium is a failure, not a skip: a skipped browser test would hide
+that the admin was never exercised.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.core.management import call_command
+
+from accounts.models import Organization, Project
+from keys import formats
+from keys.models import ApiKey
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+PASSWORD = "Browser-pass-4kQz81"
+
+# transaction=True: the live server thread must see committed rows. serialized_rollback
+# restores what the migrations created (groups, tiers) after the flush, for later tests.
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    """Chromium for one test. Function-scoped on purpose: Playwright's sync API keeps an
+    event loop running in this thread while it is open, and inside a running loop Django
+    hands out other (context-local) database connections. Closing it before the database
+    teardown lets the flush and serialized rollback work on the test's own connection."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"The browser tests need Debian's Chromium at {CHROMIUM}: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    # Django's ORM refuses to run in a thread with a running event loop. Allowed for this
+    # test only: set for the whole session it would leak into subprocesses, and
+    # `check --deploy` rightly rejects it.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def console_admin(db):
+    user = User.objects.create_user("carol", "carol@example.com", PASSWORD, is_staff=True)
+    user.groups.add(Group.objects.get(name="Console admins"))
+    return user
+
+
+def shoot(page, name):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def log_in(page, live_server, username, password, screenshot=None):
+    page.goto(f"{live_server.url}/admin/login/")
+    if screenshot:
+        shoot(page, screenshot)
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    with page.expect_navigation():
+        page.click("input[type=submit]")
+    assert "/admin/login/" not in page.url, "login failed"
+
+
+def save(page):
+    with page.expect_navigation():
+        page.click("input[name=_save]")
+    assert page.locator(".errornote, .errorlist").count() == 0, page.locator("#content").inner_text()
+
+
+def test_a_console_admin_registers_a_key_and_never_sees_its_secret_again(page, live_server, console_admin):
+    # Demo data behind the new objects makes the screenshots show a realistic console.
+    call_command("load_demo", no_sandbox=True, sandbox_url="http://127.0.0.1:8100", stdout=open(os.devnull, "w"))
+    secret = formats.generate(formats.PROJECT)
+
+    log_in(page, live_server, "carol", PASSWORD, screenshot="login")
+
+    page.goto(f"{live_server.url}/admin/accounts/organization/add/")
+    page.fill("#id_name", "Acme Research")
+    # The slug is prepopulated from the name by the admin's JavaScript.
+    page.fill("#id_openai_org_id", "org-AcmeResearch01")
+    save(page)
+    org = Organization.objects.get(name="Acme Research")
+    assert org.slug == "acme-research"
+
+    page.goto(f"{live_server.url}/admin/accounts/project/add/")
+    page.select_option("#id_organization", value=str(org.pk), force=True)
+    page.fill("#id_name", "Assistant")
+    page.fill("#id_openai_project_id", "proj_AcmeAssistant01")
+    page.select_option("#id_environment", value="production", force=True)
+    save(page)
+    project = Project.objects.get(organization=org, name="Assistant")
+
+    page.goto(f"{live_server.url}/admin/keys/apikey/add/")
+    page.select_option("#id_project", value=str(project.pk), force=True)
+    page.fill("#id_name", "assistant-web")
+    page.select_option("#id_kind", value="project", force=True)
+    page.select_option("#id_provider", value="openai", force=True)
+    page.fill("#id_secret", secret)
+    # What the browser sends must not come back: not after saving, on no page.
+    save(page)
+    assert secret not in page.content()
+
+    key = ApiKey.objects.get(name="assistant-web")
+    assert key.hint == formats.hint(secret)
+    assert key.reveal_secret() == secret
+
+    page.goto(f"{live_server.url}/admin/keys/apikey/")
+    assert key.hint in page.inner_text("#result_list")
+    assert secret not in page.content()
+    shoot(page, "key-changelist")
+
+    page.goto(f"{live_server.url}/admin/keys/apikey/{key.pk}/change/")
+    assert page.input_value("#id_secret") == ""  # write-only field
+    assert secret not in page.content()
+    assert secret[-8:] not in page.content()
+    shoot(page, "key-change")
+
+    demo = Organization.objects.get(slug="demo")
+    page.goto(f"{live_server.url}/admin/accounts/organization/{demo.pk}/change/")
+    assert "Demo Org" in page.content()
+    shoot(page, "organization")
+
+    page.goto(f"{live_server.url}/admin/accounts/auditevent/")
+    assert "assistant-web" in page.inner_text("#content")
+    assert secret not in page.content()
+    shoot(page, "audit-log")
