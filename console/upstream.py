@@ -12,6 +12,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import httpx2
 import openai
@@ -65,8 +66,10 @@ class Target:
     project: str = ""
 
     def host(self):
+        """The API host (with its port, if any) this target's calls go to: the circuit
+        breaker's unit."""
         url = self.azure_endpoint if self.provider == "azure" else (self.base_url or settings.OPENAI_BASE_URL)
-        return httpx2.URL(url).host or url
+        return urlsplit(url).netloc or url
 
 
 @dataclass

@@ -3,6 +3,8 @@ limits, the circuit breaker. Batches run in-process here; tests/test_sweep_worke
 them through a real Celery worker."""
 
 import itertools
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
@@ -229,7 +231,7 @@ def test_the_circuit_opens_when_the_api_is_down_and_keys_are_not_marked_failing(
     settings.PROBE_CONCURRENCY = 1  # one at a time, so the breaker opens mid-batch
     keys = [make_key()[0] for _ in range(6)]
     summary = probe_now(*keys)
-    circuit = Circuit.objects.get(host="127.0.0.1")
+    circuit = Circuit.objects.get(host="127.0.0.1:9")
     assert circuit.state == CircuitState.OPEN
     assert summary.outcomes[Outcome.SKIPPED_CIRCUIT_OPEN] >= 1
     for key in ApiKey.objects.filter(pk__in=[k.pk for k in keys]):
@@ -318,3 +320,56 @@ def test_the_probe_keys_command_refuses_an_unknown_organization(db):
 
     with pytest.raises(CommandError, match="No organization with slug"):
         call_command("probe_keys", "--org", "nope")
+
+
+def test_when_the_api_goes_down_the_circuit_opens_and_recovers_when_it_returns(make_key, settings, tmp_path):
+    """A sandbox of its own, stopped and started again on the same port."""
+    from sandbox.control import SandboxControl
+
+    from .conftest import _free_port
+
+    port = _free_port()
+    settings.OPENAI_BASE_URL = f"http://127.0.0.1:{port}/v1"
+    settings.CIRCUIT_FAILURE_THRESHOLD = 3
+    settings.PROBE_CONCURRENCY = 1
+    keys = [make_key() for _ in range(5)]
+
+    def start():
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "sandbox_api", "--port", str(port)],
+            cwd=django_settings.BASE_DIR,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        control = SandboxControl(f"http://127.0.0.1:{port}")
+        assert control.wait_ready(timeout=15), "sandbox did not start"
+        for key, secret in keys:
+            control.register(secret, fault="healthy", project=key.project.openai_project_id)
+        return process
+
+    api = start()
+    probe_now(*(k for k, _ in keys))
+    assert Circuit.objects.get(host=f"127.0.0.1:{port}").state == CircuitState.CLOSED
+
+    api.terminate()
+    api.wait(10)
+    summary = probe_now(*(k for k, _ in keys))
+    circuit = Circuit.objects.get(host=f"127.0.0.1:{port}")
+    assert circuit.state == CircuitState.OPEN
+    assert summary.outcomes[Outcome.NETWORK_ERROR] + summary.outcomes[Outcome.SKIPPED_CIRCUIT_OPEN] == 5
+    assert not any(k.is_probe_failing() for k in ApiKey.objects.all())
+    # While open, nothing is sent at all.
+    assert probe_now(*(k for k, _ in keys)).outcomes == {Outcome.SKIPPED_CIRCUIT_OPEN: 5}
+
+    api = start()
+    try:
+        Circuit.objects.filter(pk=circuit.pk).update(open_until=timezone.now())  # the cool-down is over
+        summary = probe_now(*(k for k, _ in keys))
+    finally:
+        api.terminate()
+        api.wait(10)
+    circuit.refresh_from_db()
+    assert (circuit.state, circuit.consecutive_failures) == (CircuitState.CLOSED, 0)
+    # The half-open trial went first; once it succeeded, the rest were let through.
+    assert summary.outcomes[Outcome.OK] >= 1
+    assert set(summary.outcomes) <= {Outcome.OK, Outcome.SKIPPED_CIRCUIT_OPEN}

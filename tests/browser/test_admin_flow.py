@@ -8,11 +8,13 @@ that the admin was never exercised.
 """
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group, User
 from django.core.management import call_command
+from django.db import connection, connections
 
 from accounts.models import Organization, Project
 from keys import formats
@@ -59,7 +61,7 @@ def browser(monkeypatch):
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context = browser.new_context(viewport={"width": 1920, "height": 900})
     page = context.new_page()
     page.set_default_timeout(15_000)
     yield page
@@ -95,9 +97,31 @@ def save(page):
     assert page.locator(".errornote, .errorlist").count() == 0, page.locator("#content").inner_text()
 
 
-def test_a_console_admin_registers_a_key_and_never_sees_its_secret_again(page, live_server, console_admin):
-    # Demo data behind the new objects makes the screenshots show a realistic console.
-    call_command("load_demo", no_sandbox=True, sandbox_url="http://127.0.0.1:8100", stdout=open(os.devnull, "w"))
+def probe_all_keys():
+    """A foreground probe sweep, in its own thread: this one runs Playwright's event loop."""
+    errors = []
+
+    def run():
+        try:
+            call_command("probe_keys", "--no-progress", stdout=open(os.devnull, "w"))
+        except Exception as e:  # reported below, in the test's thread
+            errors.append(e)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert not errors, errors
+
+
+def test_a_console_admin_registers_a_key_and_never_sees_its_secret_again(
+    page, live_server, console_admin, sandbox, settings
+):
+    # Demo data behind the new objects, probed against the sandbox, makes the screenshots
+    # show a realistic console.
+    settings.OPENAI_BASE_URL = sandbox.openai_url
+    call_command("load_demo", sandbox_url=sandbox.root, stdout=open(os.devnull, "w"))
     secret = formats.generate(formats.PROJECT)
 
     log_in(page, live_server, "carol", PASSWORD, screenshot="login")
@@ -132,8 +156,11 @@ def test_a_console_admin_registers_a_key_and_never_sees_its_secret_again(page, l
     assert key.hint == formats.hint(secret)
     assert key.reveal_secret() == secret
 
+    sandbox.register(secret, fault="healthy", project="proj_AcmeAssistant01")
+    probe_all_keys()
     page.goto(f"{live_server.url}/admin/keys/apikey/")
     assert key.hint in page.inner_text("#result_list")
+    assert "Invalid key" in page.inner_text("#result_list")  # the demo key revoked upstream
     assert secret not in page.content()
     shoot(page, "key-changelist")
 
@@ -148,7 +175,15 @@ def test_a_console_admin_registers_a_key_and_never_sees_its_secret_again(page, l
     assert "Demo Org" in page.content()
     shoot(page, "organization")
 
+    page.goto(f"{live_server.url}/admin/keys/proberesult/")
+    assert "assistant-web" in page.inner_text("#result_list")
+    assert secret not in page.content()
+    shoot(page, "probe-results")
+
     page.goto(f"{live_server.url}/admin/accounts/auditevent/")
     assert "assistant-web" in page.inner_text("#content")
     assert secret not in page.content()
     shoot(page, "audit-log")
+    # ORM calls made while Playwright's loop runs got context-local connections; close
+    # them, or the test database cannot be dropped at the end of the session.
+    connections.close_all()
