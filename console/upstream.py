@@ -64,6 +64,7 @@ class Target:
     azure_api_version: str = ""
     organization: str = ""
     project: str = ""
+    is_admin: bool = False
 
     def host(self):
         """The API host (with its port, if any) this target's calls go to: the circuit
@@ -168,7 +169,7 @@ def classify_status(status, code, message="", provider="openai"):
     return Outcome.UNEXPECTED_STATUS
 
 
-def is_models_list(body):
+def is_list(body):
     return isinstance(body, dict) and body.get("object") == "list" and isinstance(body.get("data"), list)
 
 
@@ -224,19 +225,29 @@ class Pool:
                 )
         return self._clients[cache_key]
 
-    async def list_models(self, target):
-        """GET the models list with the target's key: a free call that proves the key
-        works. Never raises for upstream trouble; returns a Reply."""
+    async def probe(self, target):
+        """Prove the target's key works with a free call and say what happened. Never
+        raises for upstream trouble; returns a Reply.
+
+        Project and service-account keys list the models (`GET /v1/models`; Azure:
+        `GET /openai/models`). Admin keys may call only the administration endpoints, so
+        they list one project (`GET /v1/organization/projects?limit=1`)."""
         client_request_id = str(uuid.uuid4())
-        options = {"api_key": target.secret}
-        if target.provider != "azure":
-            options["organization"] = target.organization or None
-            options["project"] = target.project or None
-        client = self.client_for(target).with_options(**options)
+        headers = {"X-Client-Request-Id": client_request_id}
+        client = self.client_for(target)
+        if target.is_admin:
+            client = client.with_options(admin_api_key=target.secret, organization=target.organization or None)
+            request = client.admin.organization.projects.with_raw_response.list(limit=1, extra_headers=headers)
+        else:
+            options = {"api_key": target.secret}
+            if target.provider != "azure":
+                options["organization"] = target.organization or None
+                options["project"] = target.project or None
+            request = client.with_options(**options).models.with_raw_response.list(extra_headers=headers)
         reply = Reply(outcome=Outcome.OK, client_request_id=client_request_id)
         started = time.monotonic()
         try:
-            raw = await client.models.with_raw_response.list(extra_headers={"X-Client-Request-Id": client_request_id})
+            raw = await request
         except openai.APIStatusError as e:
             reply.http_status = e.status_code
             body = e.body if isinstance(e.body, dict) else {}
@@ -260,8 +271,8 @@ class Pool:
                 body = json.loads(raw.text)
             except ValueError:
                 body = None
-            if not is_models_list(body):
+            if not is_list(body):
                 reply.outcome = Outcome.MALFORMED_RESPONSE
-                reply.message = "The models list was not the JSON object the API documents."
+                reply.message = "The list was not the JSON object the API documents."
         reply.duration_ms = int((time.monotonic() - started) * 1000)
         return reply

@@ -27,7 +27,7 @@ from console.upstream import Outcome
 
 from . import crypto, limiter
 from .circuit import Breakers
-from .models import ApiKey, CircuitState, ProbeResult, Provider
+from .models import ApiKey, CircuitState, Kind, ProbeResult, Provider
 
 RESULT_FIELDS = [
     "http_status",
@@ -88,6 +88,7 @@ def target_for(key, secret):
         base_url=key.base_url,
         organization=key.organization.openai_org_id,
         project=key.project.openai_project_id if key.project_id else "",
+        is_admin=key.kind == Kind.ADMIN,
     )
 
 
@@ -131,7 +132,7 @@ async def probe_key(pool, key, breakers, rate_limiter, semaphore):
             except crypto.DecryptionError as e:
                 breaker.trial_in_flight = False
                 return upstream.Reply(outcome=Outcome.DECRYPTION_FAILED, message=str(e)[:500]), attempts
-            reply = await pool.list_models(target_for(key, secret))
+            reply = await pool.probe(target_for(key, secret))
             del secret
             breaker.record(reply.outcome, timezone.now())
             if (

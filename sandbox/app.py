@@ -276,10 +276,6 @@ def throttled(call):
     )
 
 
-async def list_models(request):
-    return await serve(request, OPENAI, lambda call: call.json(openai_models()))
-
-
 async def retrieve_model(request):
     name = request.path_params["model"]
 
@@ -288,6 +284,45 @@ async def retrieve_model(request):
             if model["id"] == name:
                 return call.json(model)
         return call.error(404, errors.model_not_found(name))
+
+    return await serve(request, OPENAI, answer)
+
+
+def organization_projects(plan):
+    """A one-page projects list, as GET /v1/organization/projects returns it."""
+    project = {
+        "id": plan.project,
+        "object": "organization.project",
+        "name": "Default project" if plan.project == "proj_default" else plan.project,
+        "created_at": 1711471533,
+        "archived_at": None,
+        "status": "active",
+    }
+    return {"object": "list", "data": [project], "first_id": project["id"], "last_id": project["id"], "has_more": False}
+
+
+async def list_models(request):
+    return await serve(request, OPENAI, answer_unless_admin(lambda call: call.json(openai_models())))
+
+
+def answer_unless_admin(answer):
+    """Inference-side endpoints refuse admin keys."""
+
+    def guarded(call):
+        if call.plan.is_admin:
+            return call.error(403, errors.admin_key_on_api_endpoint())
+        return answer(call)
+
+    return guarded
+
+
+async def list_organization_projects(request):
+    """Administration endpoint: admin keys only."""
+
+    def answer(call):
+        if not call.plan.is_admin:
+            return call.error(403, errors.missing_admin_scope())
+        return call.json(organization_projects(call.plan))
 
     return await serve(request, OPENAI, answer)
 
@@ -370,6 +405,7 @@ def build_app(latency_ms=0):
             Route("/v1/models", list_models),
             Route("/v1/models/{model}", retrieve_model),
             Route("/v1/me", get_me),
+            Route("/v1/organization/projects", list_organization_projects),
             Route("/openai/models", azure_list_models),
             Route("/openai/v1/models", azure_v1_list_models),
             Route("/_sandbox/keys", register_key, methods=["POST"]),

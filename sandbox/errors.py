@@ -55,6 +55,23 @@ def unsupported_country():
     )
 
 
+def admin_key_on_api_endpoint():
+    # What the console needs to know is only that it is refused; the exact wording upstream
+    # is unconfirmed (the platform docs say admin keys cannot call non-administration endpoints).
+    return openai_error(
+        "Admin API keys cannot be used for non-administration endpoints. Use a project API key.",
+        "invalid_request_error",
+    )
+
+
+def missing_admin_scope():
+    return openai_error(
+        "You have insufficient permissions for this operation. Missing scopes: api.management.read. "
+        "Administration endpoints need an admin API key.",
+        "invalid_request_error",
+    )
+
+
 def invalid_url(method, path):
     return openai_error(f"Invalid URL ({method} {path})", "invalid_request_error")
 

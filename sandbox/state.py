@@ -58,6 +58,7 @@ class KeyPlan:
     fail_rate: float = 0.5
     delay_ms: int = 0
     provider: str = "openai"
+    is_admin: bool = False  # an sk-admin- key: only the /v1/organization/* endpoints take it
     calls: int = 0
 
     def next_call_fails(self):
@@ -104,6 +105,7 @@ def build_plan(
         fail_rate=fail_rate,
         delay_ms=delay_ms,
         provider=provider,
+        is_admin=secret.startswith("sk-admin-"),
     )
     return digest(secret), plan
 

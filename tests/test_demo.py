@@ -32,8 +32,8 @@ def demo_key(name):
 
 
 def list_models(sandbox, key):
-    """GET the models list with the key's decrypted secret, as a probe would; returns the
-    HTTP status."""
+    """Call what a probe calls with the key's decrypted secret — the models list, or for
+    an admin key the administration projects list; returns the HTTP status."""
     secret = key.reveal_secret()
     if key.provider == Provider.AZURE:
         url = key.azure_endpoint.rstrip("/") + "/openai/models"
@@ -42,7 +42,8 @@ def list_models(sandbox, key):
         headers = {"Authorization": f"Bearer {secret}", "OpenAI-Organization": key.organization.openai_org_id}
         if key.project_id:
             headers["OpenAI-Project"] = key.project.openai_project_id
-        response = httpx2.get(sandbox.openai_url.rstrip("/") + "/models", headers=headers, timeout=10)
+        path = "/organization/projects?limit=1" if key.kind == "admin" else "/models"
+        response = httpx2.get(sandbox.openai_url.rstrip("/") + path, headers=headers, timeout=10)
     return response.status_code
 
 

@@ -280,11 +280,21 @@ def test_a_secret_that_cannot_be_decrypted_fails_closed(key_with, settings, sand
     assert sandbox.stats()["total"] == 0
 
 
-def test_an_admin_key_is_probed_against_its_organization(make_key, org, sandbox):
+def test_an_admin_key_is_probed_on_the_administration_api_not_the_models_list(make_key, org, sandbox):
+    # Admin keys cannot call inference endpoints: a models-list probe would call a live
+    # admin key broken. The sandbox refuses admin keys on /v1/models, as upstream does.
     key, secret = make_key(fmt=formats.ADMIN, project=None, kind=Kind.ADMIN, organization=org)
     sandbox.register(secret, fault="healthy")
     probe_now(key)
     assert result_of(key).outcome == Outcome.OK
+    assert sandbox.stats()["total"] == 1
+
+
+def test_a_revoked_admin_key_is_invalid(make_key, org, sandbox):
+    key, secret = make_key(fmt=formats.ADMIN, project=None, kind=Kind.ADMIN, organization=org)
+    sandbox.register(secret, fault="revoked")
+    probe_now(key)
+    assert result_of(key).outcome == Outcome.INVALID_KEY
 
 
 def test_probe_now_in_the_admin_claims_the_selected_keys(admin_client, make_key):

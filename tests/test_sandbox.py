@@ -535,3 +535,27 @@ def test_the_server_logs_no_secret(sandbox):
     assert "Sandbox API on http://127.0.0.1" in logged  # the logs are the server's
     for secret in secrets_used:
         assert secret not in logged and secret[-12:] not in logged
+
+
+def test_admin_keys_are_refused_on_the_models_list_and_served_on_the_admin_api(sandbox):
+    admin_key = formats.generate(formats.ADMIN)
+    project_key = formats.generate(formats.PROJECT)
+    sandbox.register(admin_key, project="proj_admintest01")
+    sandbox.register(project_key, project="proj_admintest01")
+    with httpx2.Client(base_url=sandbox.openai_url, timeout=10) as http:
+        assert http.get("/models", headers={"Authorization": f"Bearer {admin_key}"}).status_code == 403
+        projects = http.get("/organization/projects?limit=1", headers={"Authorization": f"Bearer {admin_key}"})
+        refused = http.get("/organization/projects", headers={"Authorization": f"Bearer {project_key}"})
+    assert projects.status_code == 200
+    body = projects.json()
+    assert body["object"] == "list" and body["data"][0]["id"] == "proj_admintest01"
+    assert refused.status_code == 403
+    assert admin_key not in projects.text + refused.text
+
+
+def test_the_admin_projects_list_matches_openais_schema(sandbox, conforms):
+    admin_key = formats.generate(formats.ADMIN)
+    sandbox.register(admin_key, project="proj_admintest02")
+    with httpx2.Client(base_url=sandbox.openai_url, timeout=10) as http:
+        body = http.get("/organization/projects?limit=1", headers={"Authorization": f"Bearer {admin_key}"}).json()
+    assert conforms(body, "ProjectListResponse")
