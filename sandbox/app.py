@@ -285,7 +285,7 @@ async def retrieve_model(request):
                 return call.json(model)
         return call.error(404, errors.model_not_found(name))
 
-    return await serve(request, OPENAI, answer)
+    return await serve(request, OPENAI, answer_unless_admin(answer))
 
 
 def organization_projects(plan):
@@ -324,7 +324,7 @@ async def list_organization_projects(request):
             return call.error(403, errors.missing_admin_scope())
         return call.json(organization_projects(call.plan))
 
-    return await serve(request, OPENAI, answer)
+    return await serve(request, OPENAI, answer_unless_admin(answer))
 
 
 async def get_me(request):
