@@ -324,7 +324,7 @@ async def list_organization_projects(request):
             return call.error(403, errors.missing_admin_scope())
         return call.json(organization_projects(call.plan))
 
-    return await serve(request, OPENAI, answer_unless_admin(answer))
+    return await serve(request, OPENAI, answer)
 
 
 async def get_me(request):
