@@ -156,3 +156,29 @@ def test_new_keys_are_probed_by_the_worker_once_committed(tmp_path, broker, sand
         wait_for(lambda: ProbeResult.objects.filter(key=key).exists(), message="the first probe")
     assert ProbeResult.objects.get(key=key).outcome == Outcome.OK
     assert formats.hint(secret) == ApiKey.objects.get(pk=key.pk).hint
+
+
+def test_with_the_broker_down_enqueueing_fails_fast_and_the_key_stays_due(make_key, tmp_path):
+    """Redis unreachable: publishing gives up after its retry policy instead of hanging,
+    and the key is left due so the next sweep probes it."""
+    import subprocess
+    import sys
+
+    from .workers import ROOT, worker_env
+
+    key, _ = make_key()
+    script = (
+        "import django; django.setup()\n"
+        "from keys import tasks\n"
+        f"print('queued', tasks.enqueue_probes(['{key.pk}']))\n"
+    )
+    env = worker_env(REDIS_URL="redis://127.0.0.1:1/0")  # nothing listens on port 1
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "queued 0" in done.stdout
+    assert "broker unreachable" in done.stderr
+    key.refresh_from_db()
+    assert key.next_probe_at <= timezone.now()
+    assert ApiKey.objects.due_for_probe(timezone.now()).filter(pk=key.pk).exists()
