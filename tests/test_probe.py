@@ -344,6 +344,8 @@ def test_when_the_api_goes_down_the_circuit_opens_and_recovers_when_it_returns(m
     settings.PROBE_CONCURRENCY = 1
     keys = [make_key() for _ in range(5)]
 
+    processes = []
+
     def start():
         process = subprocess.Popen(
             [sys.executable, "manage.py", "sandbox_api", "--port", str(port)],
@@ -351,33 +353,38 @@ def test_when_the_api_goes_down_the_circuit_opens_and_recovers_when_it_returns(m
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        processes.append(process)
         control = SandboxControl(f"http://127.0.0.1:{port}")
         assert control.wait_ready(timeout=15), "sandbox did not start"
         for key, secret in keys:
             control.register(secret, fault="healthy", project=key.project.openai_project_id)
         return process
 
-    api = start()
-    probe_now(*(k for k, _ in keys))
-    assert Circuit.objects.get(host=f"127.0.0.1:{port}").state == CircuitState.CLOSED
+    def stop(process):
+        process.terminate()
+        process.wait(10)
 
-    api.terminate()
-    api.wait(10)
-    summary = probe_now(*(k for k, _ in keys))
-    circuit = Circuit.objects.get(host=f"127.0.0.1:{port}")
-    assert circuit.state == CircuitState.OPEN
-    assert summary.outcomes[Outcome.NETWORK_ERROR] + summary.outcomes[Outcome.SKIPPED_CIRCUIT_OPEN] == 5
-    assert not any(k.is_probe_failing() for k in ApiKey.objects.all())
-    # While open, nothing is sent at all.
-    assert probe_now(*(k for k, _ in keys)).outcomes == {Outcome.SKIPPED_CIRCUIT_OPEN: 5}
-
-    api = start()
     try:
+        api = start()
+        probe_now(*(k for k, _ in keys))
+        assert Circuit.objects.get(host=f"127.0.0.1:{port}").state == CircuitState.CLOSED
+
+        stop(api)
+        summary = probe_now(*(k for k, _ in keys))
+        circuit = Circuit.objects.get(host=f"127.0.0.1:{port}")
+        assert circuit.state == CircuitState.OPEN
+        assert summary.outcomes[Outcome.NETWORK_ERROR] + summary.outcomes[Outcome.SKIPPED_CIRCUIT_OPEN] == 5
+        assert not any(k.is_probe_failing() for k in ApiKey.objects.all())
+        # While open, nothing is sent at all.
+        assert probe_now(*(k for k, _ in keys)).outcomes == {Outcome.SKIPPED_CIRCUIT_OPEN: 5}
+
+        start()
         Circuit.objects.filter(pk=circuit.pk).update(open_until=timezone.now())  # the cool-down is over
         summary = probe_now(*(k for k, _ in keys))
     finally:
-        api.terminate()
-        api.wait(10)
+        for process in processes:
+            if process.poll() is None:
+                stop(process)
     circuit.refresh_from_db()
     assert (circuit.state, circuit.consecutive_failures) == (CircuitState.CLOSED, 0)
     # The half-open trial went first; once it succeeded, the rest were let through.
