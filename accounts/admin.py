@@ -6,21 +6,39 @@ keys.admin.AuditedAdmin); the audit log itself is read-only for everyone.
 """
 
 from django.contrib import admin
-from django.db.models import Count
+from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.views.decorators.debug import sensitive_post_parameters
 
 from keys.admin import BADGE_CSS, AdminKeyInline, AuditedAdmin, ProjectKeyInline, ReadOnlyAdmin
+from keys.models import ApiKey
 
 from .models import AuditEvent, Organization, Project, Tier
 
 
 class ProjectInline(admin.TabularInline):
+    """New projects can be added here; existing ones are listed read-only with a link to
+    their own page (where their keys are). Editable rows would render a tier menu per
+    project, which on an organization with hundreds of projects is slow and unwieldy."""
+
     model = Project
     fields = ["name", "openai_project_id", "environment", "tier", "monthly_budget_usd", "rotation_policy_days"]
     extra = 1
     show_change_link = True
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("tier", "organization")
+
+
+def count_of(model, field):
+    """A subquery counting `model` rows whose `field` is the outer row."""
+    rows = model.objects.filter(**{field: OuterRef("pk")}).order_by().values(field).annotate(n=Count("pk"))
+    return Coalesce(Subquery(rows.values("n")), 0)
 
 
 @admin.register(Organization)
@@ -48,10 +66,12 @@ class OrganizationAdmin(AuditedAdmin):
     inlines = [ProjectInline, AdminKeyInline]
 
     def get_queryset(self, request):
+        # Two correlated counts, not two joins: joining projects and keys at once would
+        # count their product.
         return (
             super()
             .get_queryset(request)
-            .annotate(n_projects=Count("projects", distinct=True), n_keys=Count("api_keys", distinct=True))
+            .annotate(n_projects=count_of(Project, "organization"), n_keys=count_of(ApiKey, "organization"))
         )
 
     # Key rows carry secrets under prefixed names (api_keys-0-secret): star every POST

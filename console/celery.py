@@ -18,3 +18,4 @@ def add_periodic_tasks(sender, **kwargs):
     sender.add_periodic_task(
         settings.PROBE_SWEEP_EVERY_SECONDS, sender.signature("keys.tasks.sweep"), name="probe sweep"
     )
+    sender.add_periodic_task(24 * 3600, sender.signature("keys.tasks.prune_probe_results"), name="prune probe results")

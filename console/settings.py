@@ -186,6 +186,8 @@ PROBE_BACKOFF_MAX_SECONDS = env.float("PROBE_BACKOFF_MAX_SECONDS", default=8.0)
 PROBE_PROJECT_RPM_SHARE = env.float("PROBE_PROJECT_RPM_SHARE", default=0.1)
 # How long a probe may wait for its project's limiter before it is deferred.
 PROBE_LIMITER_MAX_WAIT_SECONDS = env.float("PROBE_LIMITER_MAX_WAIT_SECONDS", default=5.0)
+# Probe results older than this are deleted daily; each key keeps its last outcome.
+PROBE_RESULTS_KEEP_DAYS = env.int("PROBE_RESULTS_KEEP_DAYS", default=30)
 CIRCUIT_FAILURE_THRESHOLD = env.int("CIRCUIT_FAILURE_THRESHOLD", default=5)
 CIRCUIT_COOLDOWN_SECONDS = env.int("CIRCUIT_COOLDOWN_SECONDS", default=60)
 

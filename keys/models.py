@@ -255,10 +255,27 @@ class ProbeResult(models.Model):
     class Meta:
         ordering = ["-started_at"]
         constraints = [models.UniqueConstraint(fields=["key", "slot"], name="keys_proberesult_unique_key_slot")]
-        indexes = [models.Index(fields=["key", "-started_at"], name="keys_proberesult_key_recent")]
+        indexes = [
+            # A key's history, newest first (key change page, reports).
+            models.Index(fields=["key", "-started_at"], name="keys_proberesult_key_recent"),
+            # The probe results list (newest first) and pruning by age.
+            models.Index(fields=["-started_at"], name="keys_proberesult_recent"),
+        ]
 
     def __str__(self):
         return f"{self.key_id} @ {self.started_at:%Y-%m-%d %H:%M:%S}: {self.outcome}"
+
+    @classmethod
+    def prune(cls, now, keep_days, batch_size=10_000):
+        """Delete results older than `keep_days`, a batch at a time (short transactions on
+        a big table). Each key keeps its last outcome on its own row. Returns the count."""
+        cutoff = now - timedelta(days=keep_days)
+        deleted = 0
+        while True:
+            ids = list(cls.objects.filter(started_at__lt=cutoff).values_list("pk", flat=True)[:batch_size])
+            if not ids:
+                return deleted
+            deleted += cls.objects.filter(pk__in=ids).delete()[0]
 
 
 class CircuitState(models.TextChoices):

@@ -6,11 +6,13 @@ Every task is idempotent, so acks_late redelivery (a worker killed mid-batch) is
 import logging
 
 from celery import shared_task
+from django.conf import settings
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
 from . import probe
 from . import sweep as sweeping
+from .models import ApiKey, ProbeResult
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,13 @@ def probe_batch(claims):
     )
 
 
+@shared_task(name="keys.tasks.prune_probe_results", acks_late=True, ignore_result=True)
+def prune_probe_results():
+    """Beat, daily: drop probe results older than PROBE_RESULTS_KEEP_DAYS."""
+    deleted = ProbeResult.prune(timezone.now(), settings.PROBE_RESULTS_KEEP_DAYS)
+    log.info("pruned %d probe results", deleted)
+
+
 def enqueue_probes(key_ids):
     """Claim these keys now and queue their probes. Returns how many were queued. If the
     broker cannot be reached, the keys stay due and the next sweep probes them."""
@@ -48,8 +57,6 @@ def enqueue_probes(key_ids):
             probe_batch.delay(batch)
     except OperationalError:
         log.warning("broker unreachable; %d keys will be probed by the next sweep", len(claims))
-        from .models import ApiKey
-
         ApiKey.objects.filter(pk__in=[c[0] for c in claims]).update(next_probe_at=timezone.now())
         return 0
     return len(claims)

@@ -610,3 +610,38 @@ def test_budgets_are_stored_as_entered(admin_client):
     response = admin_client.post(ADD_ORG, org_data(monthly_budget_usd="1234.50"))
     assert response.status_code == 302, form_errors(response)
     assert Organization.objects.get(slug="globex").monthly_budget_usd == Decimal("1234.50")
+
+
+def test_the_organization_list_counts_projects_and_keys_without_multiplying_them(admin_client, org, make_key):
+
+    second = Project.objects.create(organization=org, name="Second", openai_project_id="proj_Second000001")
+    make_key()
+    make_key()
+    make_key(project=second)
+    response = admin_client.get("/admin/accounts/organization/")
+    row = response.context["cl"].result_list.get(pk=org.pk)
+    assert (row.n_projects, row.n_keys) == (2, 3)
+
+
+def test_the_organization_page_lists_existing_projects_read_only_and_offers_a_new_row(admin_client, project):
+    html = admin_client.get(f"/admin/accounts/organization/{project.organization.pk}/change/").content.decode()
+    assert project.name in html
+    assert 'name="projects-0-name"' not in html  # the existing project is not an editable row
+    assert 'name="projects-1-name"' in html  # the empty row for a new project
+
+
+def test_the_organization_page_costs_the_same_queries_for_3_or_20_projects(admin_client, org):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries():
+        with CaptureQueriesContext(connection) as captured:
+            assert admin_client.get(f"/admin/accounts/organization/{org.pk}/change/").status_code == 200
+        return len(captured)
+
+    for i in range(3):
+        Project.objects.create(organization=org, name=f"p{i}", tier=Tier.objects.first())
+    few = queries()
+    for i in range(3, 20):
+        Project.objects.create(organization=org, name=f"p{i}", tier=Tier.objects.first())
+    assert queries() == few

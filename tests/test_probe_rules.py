@@ -11,7 +11,7 @@ from django.utils import timezone
 from console.upstream import Outcome, classify_status, scrub
 from keys import formats, limiter, probe, sweep
 from keys.circuit import Breaker, Breakers
-from keys.models import ApiKey, Circuit, CircuitState
+from keys.models import ApiKey, Circuit, CircuitState, ProbeResult
 
 
 @pytest.mark.parametrize(
@@ -207,3 +207,12 @@ def test_azure_says_a_key_is_dead_with_its_own_401_message():
     assert classify_status(401, "401", message, provider="azure") == Outcome.INVALID_KEY
     assert classify_status(401, "401", "Principal does not have access", provider="azure") == Outcome.AUTH_UNKNOWN
     assert classify_status(401, "401", message, provider="openai") == Outcome.AUTH_UNKNOWN
+
+
+def test_pruning_drops_only_results_older_than_the_retention(make_key):
+    key, _ = make_key()
+    now = timezone.now()
+    for days, slot in [(40, 1), (31, 2), (29, 3), (0, 4)]:
+        ProbeResult.objects.create(key=key, slot=slot, started_at=now - timedelta(days=days), outcome=Outcome.OK)
+    assert ProbeResult.prune(now, keep_days=30, batch_size=1) == 2
+    assert sorted(ProbeResult.objects.values_list("slot", flat=True)) == [3, 4]

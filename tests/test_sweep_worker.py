@@ -168,14 +168,10 @@ def test_with_the_broker_down_enqueueing_fails_fast_and_the_key_stays_due(make_k
 
     key, _ = make_key()
     script = (
-        "import django; django.setup()\n"
-        "from keys import tasks\n"
-        f"print('queued', tasks.enqueue_probes(['{key.pk}']))\n"
+        f"import django; django.setup()\nfrom keys import tasks\nprint('queued', tasks.enqueue_probes(['{key.pk}']))\n"
     )
     env = worker_env(REDIS_URL="redis://127.0.0.1:1/0")  # nothing listens on port 1
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "queued 0" in done.stdout
     assert "broker unreachable" in done.stderr
