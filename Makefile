@@ -7,12 +7,16 @@ STAMP := $(VENV)/.requirements-installed
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || \
 	(python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null && command -v python3))
 PYTEST_ARGS ?=
+# `make run` ports: from the environment or the command line (make run CONSOLE_PORT=8001).
+CONSOLE_PORT ?= 8000
+SANDBOX_PORT ?= 8100
 
-.PHONY: run test venv services demo clean-demo help
+.PHONY: run test venv services test-tools demo clean-demo help mutation
 
 help:
-	@echo "make run     start the console with demo data on http://127.0.0.1:8000/admin/ (Ctrl-C stops it)"
-	@echo "make test    run the whole test suite (needs PostgreSQL, Redis and /usr/bin/chromium)"
+	@echo "make run     start the console with demo data on http://127.0.0.1:8000/admin/ (Ctrl-C stops it);"
+	@echo "             other ports: make run CONSOLE_PORT=8001 SANDBOX_PORT=8101"
+	@echo "make test    run the whole test suite (installs Chromium and pg_dump when it can; starts PostgreSQL and Redis)"
 	@echo "make venv    create .venv and install requirements-dev.txt when it changed"
 	@echo "make clean-demo  delete the local SQLite database, broker folders and logs (keeps .env)"
 
@@ -32,17 +36,26 @@ $(STAMP): requirements.txt requirements-dev.txt | $(VENV)/bin/python
 venv: $(STAMP)
 
 run: $(STAMP)
-	@scripts/run.sh
+	@CONSOLE_PORT="$(CONSOLE_PORT)" SANDBOX_PORT="$(SANDBOX_PORT)" scripts/run.sh
 
 services:
 	@scripts/ensure_services.sh
 
+# Chromium and pg_dump: installed with apt-get when possible, else it stops before pytest
+# with the command to run.
+test-tools:
+	@scripts/ensure_test_tools.sh
+
 # pytest's own exit code is kept in var/pytest-exit-code for .ci/run (make itself
 # exits 2 on any failure).
-test: $(STAMP) services
+test: $(STAMP) test-tools services
 	@mkdir -p var
 	@rm -f var/pytest-exit-code
 	@$(VENV)/bin/pytest -q $(PYTEST_ARGS); rc=$$?; echo $$rc > var/pytest-exit-code; exit $$rc
 
 clean-demo:
 	rm -rf db.sqlite3 db.sqlite3-wal db.sqlite3-shm var/broker var/log var/celerybeat-schedule*
+
+# Mutation testing of the probe sweep (slow; not part of `make test`): see docs/TESTING.md.
+mutation: $(STAMP) services
+	$(VENV)/bin/mutmut run --max-children 1; $(VENV)/bin/mutmut results

@@ -2,15 +2,20 @@
 
 API surface (shapes as in shared/reference/openai-api.md):
     GET /v1/models, /v1/models/{model}, /v1/me      Authorization: Bearer <key>
+    GET /v1/organization/projects, /v1/organization/usage/{endpoint}, /v1/organization/costs
+                                                    admin keys only
     GET /openai/models?api-version=…, /openai/v1/models    api-key: <key>
-Control surface (no auth; the server binds to loopback):
-    POST /_sandbox/keys, /_sandbox/reset, /_sandbox/settings; GET /_sandbox/stats, /_sandbox/health
+Control surface (no auth; loopback Host headers only, POSTs in JSON only; the server binds
+to loopback unless told otherwise):
+    POST /_sandbox/keys, /_sandbox/reset, /_sandbox/settings, /_sandbox/usage, /_sandbox/usage/bump;
+    GET /_sandbox/stats, /_sandbox/health
 
 Everything is async on one event loop, so a slow or hanging key never blocks another.
 `build_app()` returns the ASGI app; `python manage.py sandbox_api` serves it with uvicorn.
 """
 
 import asyncio
+import ipaddress
 import json
 import re
 import secrets
@@ -22,7 +27,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sandbox import errors
+from sandbox import errors, usage
 from sandbox.ratelimit import WINDOW_SECONDS
 from sandbox.state import PlanError, Sandbox
 
@@ -30,6 +35,7 @@ OPENAI = "openai"
 AZURE = "azure"
 HANG_SECONDS = 3600.0
 TRANSPORT = "sandbox.transport"  # scope key set by ExposeTransport
+CONTROL_PREFIX = "/_sandbox/"
 API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
 
 MODELS = [
@@ -202,13 +208,15 @@ async def serve(request, surface, answer):
     """Run one API request through its key's fault plan; `answer(plan)` is the 200 body."""
     sandbox = request.app.state.sandbox
     with sandbox.stats.request():
-        if await pause(request, sandbox.latency_ms / 1000):
-            return Response(status_code=499)
         secret = presented_key(request, surface)
         plan = sandbox.lookup(secret)
+        # Counted before anything can end the request (a client gone during the latency, a
+        # wrong surface, a refusal): every request that reaches the sandbox with a key counts.
+        sandbox.stats.record(plan)
+        if await pause(request, sandbox.latency_ms / 1000):
+            return Response(status_code=499)
         if plan and plan.provider != surface:
             plan = None  # an OpenAI key is as unknown to Azure as a made-up one, and vice versa
-        sandbox.stats.record(plan)
         call = Call(surface, plan)
         api_version = request.query_params.get("api-version", "")
         if surface == AZURE and request.url.path == "/openai/models" and not API_VERSION.match(api_version):
@@ -238,7 +246,7 @@ async def follow_plan(request, call, sandbox, answer):
     if fault == "quota":
         return call.error(
             429,
-            errors.insufficient_quota(),
+            errors.insufficient_quota(type_only=plan.quota_type_only),
             "Your subscription has run out of quota for this resource. Check your plan and billing details.",
         )
     window = sandbox.window(plan.project)
@@ -254,25 +262,40 @@ async def follow_plan(request, call, sandbox, answer):
     if fault == "not_found":
         return call.error(404, errors.invalid_url(request.method, request.url.path))
     if fault == "server_error" or (fault == "flaky" and plan.next_call_fails()):
-        return call.error(500, errors.server_error())
+        return server_side(call, 500, errors.server_error())
     if fault == "bad_gateway":
-        return call.error(502, errors.bad_gateway())
+        return server_side(call, 502, errors.bad_gateway())
     if fault == "unavailable":
-        return call.error(503, errors.overloaded())
+        return server_side(call, 503, errors.overloaded())
     if fault == "malformed":
         return Response("<html>oops</html>", media_type="text/html", headers=call.headers())
     return answer(call)
 
 
+def server_side(call, status, body):
+    """A 5xx, with `x-should-retry` when the key's plan sets should_retry (the SDK obeys it
+    over its own status-based rule)."""
+    extra = {}
+    if call.plan.should_retry is not None:
+        extra["x-should-retry"] = "true" if call.plan.should_retry else "false"
+    return call.error(status, body, extra=extra)
+
+
 def throttled(call):
-    retry_after = call.snapshot.retry_after()
+    """429 rate_limit_exceeded. retry-after is the plan's `retry_after` if set, else the
+    seconds left in the window; retry-after-ms is sent only when the plan sets it."""
+    plan = call.plan
+    retry_after = call.snapshot.retry_after() if plan.retry_after is None else plan.retry_after
+    extra = {"retry-after": str(retry_after)}
+    if plan.retry_after_ms is not None:
+        extra["retry-after-ms"] = str(plan.retry_after_ms)
     return call.error(
         429,
         errors.rate_limit_exceeded(
-            call.plan.organization_header(), call.snapshot.limit_requests, call.snapshot.limit_requests, retry_after
+            plan.organization_header(), call.snapshot.limit_requests, call.snapshot.limit_requests, retry_after
         ),
         f"{errors.AZURE_MESSAGES[429]} Please retry after {retry_after} seconds.",
-        extra={"retry-after": str(retry_after)},
+        extra=extra,
     )
 
 
@@ -327,6 +350,36 @@ async def list_organization_projects(request):
     return await serve(request, OPENAI, answer)
 
 
+def organization_usage(request, endpoint):
+    """The answer of a usage endpoint (`endpoint` a name in usage.ENDPOINTS) or of the costs
+    endpoint (None): the admin key's usage plan paged per the query, 400 for a query the
+    API refuses. An admin key without a plan gets empty buckets."""
+
+    def answer(call):
+        if not call.plan.is_admin:
+            return call.error(403, errors.missing_admin_scope())
+        now = int(time.time())
+        try:
+            query = usage.parse_query(request.query_params, now, endpoint)
+            plan = request.app.state.sandbox.usage_plan(presented_key(request, OPENAI))
+            return call.json(usage.page(plan, query, now, endpoint))
+        except usage.UsageError as e:
+            return call.error(400, errors.invalid_parameter(str(e), e.param))
+
+    return answer
+
+
+async def get_usage(request):
+    endpoint = request.path_params["endpoint"]
+    if endpoint not in usage.ENDPOINTS:
+        return await unknown_route(request)
+    return await serve(request, OPENAI, organization_usage(request, endpoint))
+
+
+async def get_costs(request):
+    return await serve(request, OPENAI, organization_usage(request, None))
+
+
 async def get_me(request):
     return await serve(request, OPENAI, lambda call: call.json(me(call.plan)))
 
@@ -341,11 +394,65 @@ async def azure_v1_list_models(request):
 
 
 async def unknown_route(request):
-    call = Call(AZURE if request.url.path.startswith("/openai/") else OPENAI)
-    return call.error(404, errors.invalid_url(request.method, request.url.path))
+    surface = AZURE if request.url.path.startswith("/openai/") else OPENAI
+    call = Call(surface)
+    if request.url.path.startswith(CONTROL_PREFIX):
+        return call.error(404, errors.invalid_url(request.method, request.url.path))
+    # A request to a path the sandbox does not serve still reached it: count it for its key.
+    sandbox = request.app.state.sandbox
+    with sandbox.stats.request():
+        sandbox.stats.record(sandbox.lookup(presented_key(request, surface)))
+        return call.error(404, errors.invalid_url(request.method, request.url.path))
 
 
 # --- Control surface -----------------------------------------------------------------
+#
+# The control API has no authentication, so two checks keep a web page in the operator's
+# browser from driving it: the Host header must name a loopback address (a DNS-rebinding
+# page sends its own host name), and a POST must be `application/json` (a cross-site form or
+# a `text/plain` fetch needs no CORS preflight; JSON does, and the sandbox answers none).
+
+
+def is_loopback_host(host):
+    """True for a Host header naming this machine over loopback: `localhost`, an address in
+    127.0.0.0/8, or `[::1]`, each with an optional port. Anything else, or nothing, is False."""
+    host = (host or "").strip().lower()
+    if host.startswith("["):
+        address, bracket, port = host[1:].partition("]")
+        if not bracket or (port and not re.fullmatch(r":\d{1,5}", port)):
+            return False
+    else:
+        address, _, port = host.partition(":")
+        if port and not re.fullmatch(r"\d{1,5}", port):
+            return False
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def control_route(handler):
+    """Guard a control endpoint: 403 unless the Host header is a loopback name or address,
+    then 415 for a request with a body (POST) that is not `Content-Type: application/json`."""
+
+    async def guarded(request):
+        if not is_loopback_host(request.headers.get("host")):
+            return JSONResponse(
+                {"error": "The sandbox control API answers only requests addressed to a loopback host."},
+                status_code=403,
+            )
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if request.method == "POST" and media_type != "application/json":
+            return JSONResponse(
+                {"error": "The sandbox control API takes Content-Type: application/json."}, status_code=415
+            )
+        return await handler(request)
+
+    guarded.__name__ = handler.__name__
+    guarded.__doc__ = handler.__doc__
+    return guarded
 
 
 async def read_json(request):
@@ -387,6 +494,32 @@ async def update_settings(request):
     return JSONResponse({"latency_ms": latency})
 
 
+async def set_usage(request):
+    """Give a registered admin key a usage plan: {"key", "keys": [{"id", "project"}],
+    "projects", "models", "seed", "repeat_cursor", "endless"}."""
+    body = await read_json(request)
+    if body is None:
+        return JSONResponse({"error": "Send a JSON object."}, status_code=400)
+    secret = body.pop("key", None)
+    try:
+        plan = request.app.state.sandbox.set_usage(secret, **body)
+    except PlanError as e:
+        return JSONResponse({"error": str(e)}, status_code=400)
+    return JSONResponse({"keys": len(plan.keys), "projects": plan.projects, "models": plan.models}, status_code=201)
+
+
+async def bump_usage(request):
+    """Late data: {"key", "day": unix seconds, "factor"} multiplies that UTC day's numbers."""
+    body = await read_json(request)
+    if body is None or set(body) - {"key", "day", "factor"}:
+        return JSONResponse({"error": 'Send {"key", "day", "factor"}.'}, status_code=400)
+    try:
+        day = request.app.state.sandbox.bump_usage(body.get("key"), body.get("day"), body.get("factor", 1.0))
+    except PlanError as e:
+        return JSONResponse({"error": str(e)}, status_code=400)
+    return JSONResponse({"day": day})
+
+
 async def stats(request):
     return JSONResponse(request.app.state.sandbox.stats.as_json())
 
@@ -406,13 +539,17 @@ def build_app(latency_ms=0):
             Route("/v1/models/{model}", retrieve_model),
             Route("/v1/me", get_me),
             Route("/v1/organization/projects", list_organization_projects),
+            Route("/v1/organization/usage/{endpoint}", get_usage),
+            Route("/v1/organization/costs", get_costs),
             Route("/openai/models", azure_list_models),
             Route("/openai/v1/models", azure_v1_list_models),
-            Route("/_sandbox/keys", register_key, methods=["POST"]),
-            Route("/_sandbox/reset", reset, methods=["POST"]),
-            Route("/_sandbox/settings", update_settings, methods=["POST"]),
-            Route("/_sandbox/stats", stats),
-            Route("/_sandbox/health", health),
+            Route("/_sandbox/keys", control_route(register_key), methods=["POST"]),
+            Route("/_sandbox/reset", control_route(reset), methods=["POST"]),
+            Route("/_sandbox/settings", control_route(update_settings), methods=["POST"]),
+            Route("/_sandbox/usage", control_route(set_usage), methods=["POST"]),
+            Route("/_sandbox/usage/bump", control_route(bump_usage), methods=["POST"]),
+            Route("/_sandbox/stats", control_route(stats)),
+            Route("/_sandbox/health", control_route(health)),
             Route("/{path:path}", unknown_route, methods=ALL_METHODS),
         ]
     )

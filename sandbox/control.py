@@ -33,6 +33,9 @@ class SandboxControl:
         return f"SandboxControl({self.root!r})"
 
     def _call(self, method, path, json=None):
+        # Every POST carries a JSON body: the control API refuses any other content type.
+        if method == "POST" and json is None:
+            json = {}
         response = self.http.request(method, self.root + path, json=json)
         if response.status_code >= 400:
             try:
@@ -44,11 +47,28 @@ class SandboxControl:
 
     def register(self, secret, **plan):
         """Register or replace a key. `plan` takes project, organization, fault, fail_rate,
-        delay_ms, rpm, tpm and provider (see docs/sandbox.md). Returns the key's hint."""
+        fail_times, delay_ms, rpm, tpm, provider, retry_after, retry_after_ms,
+        quota_type_only and should_retry (see docs/sandbox.md). Returns the key's hint,
+        which is also its name in stats()["per_key"]."""
         return self._call("POST", "/_sandbox/keys", {"key": secret, **plan})["hint"]
 
+    def set_usage(self, admin_secret, keys=(), projects=(), models=("gpt-4o-mini",), seed="sandbox", **options):
+        """Give a registered admin key's organization synthetic usage and costs (see
+        sandbox/usage.py and docs/sandbox.md). `keys` is [(key_id, project_id)] or
+        [{"id", "project"}]; `projects` adds projects without keys (vector stores, code
+        interpreter); `options` takes repeat_cursor and endless (bools). Replaces any
+        earlier plan of that key, and its bumps."""
+        keys = [k if isinstance(k, dict) else {"id": k[0], "project": k[1]} for k in keys]
+        body = {"key": admin_secret, "keys": keys, "projects": list(projects), "models": list(models), "seed": seed}
+        return self._call("POST", "/_sandbox/usage", {**body, **options})
+
+    def bump_usage(self, admin_secret, day, factor=1.5):
+        """Late data: from now on, the UTC day containing `day` (unix seconds) reads
+        `factor` × its numbers (every usage endpoint and costs). Returns the day's start."""
+        return self._call("POST", "/_sandbox/usage/bump", {"key": admin_secret, "day": day, "factor": factor})["day"]
+
     def reset(self):
-        """Forget all keys, rate windows and stats."""
+        """Forget all keys, usage plans, rate windows and stats."""
         self._call("POST", "/_sandbox/reset")
 
     def set_latency(self, ms):

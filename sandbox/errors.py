@@ -3,6 +3,10 @@
 OpenAI: `{"error": {"message", "type", "param", "code"}}` (param and code may be null),
 the messages copied from the real API. Azure: `{"error": {"code": "<status>", "message"}}`.
 A message never contains a presented key in full: the 401 echoes it masked, as OpenAI does.
+
+The redaction helpers live here too, written for the sandbox alone: a stand-in that shared
+the console's key-format code could hide the console's bugs, so the sandbox's server
+modules import nothing from the console (tests/test_sandbox_isolation.py).
 """
 
 RATE_LIMITS_URL = "https://platform.openai.com/account/rate-limits"
@@ -16,6 +20,18 @@ def mask_key(presented):
     if len(presented) <= 16:
         return "*" * len(presented)
     return presented[:8] + "*" * (len(presented) - 12) + presented[-4:]
+
+
+# The prefixes OpenAI's keys carry, longest first; anything else (an Azure key) has none.
+KEY_PREFIXES = ("sk-svcacct-", "sk-admin-", "sk-proj-", "sk-")
+
+
+def key_hint(presented):
+    """How the sandbox names a key in its control answers and stats: its prefix and last
+    four characters (`sk-proj-…abcd`, `…9f3e` for an Azure key), as the dashboard lists
+    keys. Four characters identify a key among a test's few; they reveal nothing usable."""
+    prefix = next((p for p in KEY_PREFIXES if presented.startswith(p)), "")
+    return f"{prefix}…{presented[-4:]}"
 
 
 def openai_error(message, type_, code=None, param=None):
@@ -76,6 +92,11 @@ def invalid_url(method, path):
     return openai_error(f"Invalid URL ({method} {path})", "invalid_request_error")
 
 
+def invalid_parameter(message, param=None):
+    """400 for a query parameter the API refuses (usage and costs: start_time, limit, …)."""
+    return openai_error(message, "invalid_request_error", "invalid_parameter" if param else None, param)
+
+
 def model_not_found(model):
     return openai_error(
         f"The model `{model}` does not exist or you do not have access to it.",
@@ -94,12 +115,14 @@ def rate_limit_exceeded(organization, limit, used, retry_after):
     )
 
 
-def insufficient_quota():
+def insufficient_quota(type_only=False):
+    """OpenAI has sent this with the code set, and with `insufficient_quota` only in the
+    type and a null code: `type_only` gives the second shape."""
     return openai_error(
         "You exceeded your current quota, please check your plan and billing details. For more "
         f"information on this error, read the docs: {ERROR_CODES_URL}.",
         "insufficient_quota",
-        "insufficient_quota",
+        None if type_only else "insufficient_quota",
     )
 
 

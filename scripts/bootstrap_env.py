@@ -3,10 +3,11 @@
 
 On the first run it creates `.env` (mode 0600, git-ignored) with DEBUG=true, a fresh
 SECRET_KEY, an encryption master key, a separate fingerprint key, the sandbox API as
-OPENAI_BASE_URL and a password for the demo "admin" login. On later runs it only adds
-what is missing or empty: an existing value is never overwritten, because replacing
-CONSOLE_ENCRYPTION_KEYS or CONSOLE_FINGERPRINT_KEY would make every stored secret
-unreadable (or every fingerprint wrong).
+OPENAI_BASE_URL (on port $SANDBOX_PORT, default 8100) and a password for the demo
+"admin" login. On later runs it only adds what is missing or empty: an existing value
+is never overwritten, because replacing CONSOLE_ENCRYPTION_KEYS or
+CONSOLE_FINGERPRINT_KEY would make every stored secret unreadable (or every fingerprint
+wrong).
 
 Standard library only: it runs before the virtualenv's packages matter. Prints the
 names of the variables it wrote, never their values.
@@ -34,6 +35,14 @@ def generate_password():
     return secrets.token_urlsafe(24).replace("-", "x").replace("_", "y")[:20]
 
 
+def sandbox_port():
+    """The sandbox API's port: SANDBOX_PORT from the environment (`make run` passes it), else
+    8100. `make run` also passes OPENAI_BASE_URL to what it starts, so the value written
+    here matters only to commands run later by hand."""
+    port = os.environ.get("SANDBOX_PORT", "").strip()
+    return port if port.isdigit() else "8100"
+
+
 def defaults():
     """The values a fresh .env gets, in the order they are written."""
     return {
@@ -41,7 +50,7 @@ def defaults():
         "SECRET_KEY": secrets.token_urlsafe(50),
         "CONSOLE_ENCRYPTION_KEYS": generate_master_key(1),
         "CONSOLE_FINGERPRINT_KEY": secrets.token_urlsafe(32),
-        "OPENAI_BASE_URL": "http://127.0.0.1:8100/v1",
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{sandbox_port()}/v1",
         "CONSOLE_DEMO_ADMIN_PASSWORD": generate_password(),
     }
 

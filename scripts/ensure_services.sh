@@ -69,8 +69,4 @@ MSG
   fi
 fi
 
-if [ ! -x /usr/bin/chromium ]; then
-  echo "Note: /usr/bin/chromium is missing, so the browser tests will fail. Install it: apt-get install -y chromium" >&2
-fi
-
 exit "$failed"

@@ -9,33 +9,105 @@
 #
 # SQLite and a filesystem broker by default; DATABASE_URL / REDIS_URL in the
 # environment switch to PostgreSQL and Redis (console/settings.py).
+#
+# Ports: CONSOLE_PORT (web, default 8000) and SANDBOX_PORT (sandbox API, default 8100), from
+# the environment or make's command line (`make run CONSOLE_PORT=8001`). The processes it
+# starts get OPENAI_BASE_URL and SANDBOX_PORT in their environment, which wins over .env
+# (settings read .env without overwriting), so a stale port written there earlier cannot
+# send the console to the wrong place; the sandbox's host:port is added to
+# CONSOLE_ALLOWED_API_HOSTS for the same processes.
+#
+# Everything it creates (db.sqlite3, logs, the broker folders) is private to the user:
+# umask 077, and an existing db.sqlite3 is chmod 0600 (it holds encrypted secrets and
+# password hashes; .env beside it is 0600 too).
+#
+# `scripts/run.sh --check-ports` only checks that both ports are free, then exits.
 set -euo pipefail
 set -m  # job control: every background child gets its own process group
 
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-WEB_ADDR=127.0.0.1:8000
-SANDBOX_PORT=8100
+CONSOLE_PORT="${CONSOLE_PORT:-8000}"
+SANDBOX_PORT="${SANDBOX_PORT:-8100}"
 LOG_DIR=var/log
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-for port in "${WEB_ADDR##*:}" "$SANDBOX_PORT"; do
-  if port_open "$port"; then
-    echo "Port $port on 127.0.0.1 is already in use (another \`make run\`?). Stop that process first." >&2
-    exit 1
+# check_ports: fail naming the variable to set when a port is not a number or is taken.
+check_ports() {
+  local name port
+  for name in CONSOLE_PORT SANDBOX_PORT; do
+    port="${!name}"
+    if ! [[ "$port" =~ ^[0-9]+$ ]] || [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
+      echo "$name=$port is not a port number (1-65535)." >&2
+      return 1
+    fi
+  done
+  if [ "$CONSOLE_PORT" = "$SANDBOX_PORT" ]; then
+    echo "CONSOLE_PORT and SANDBOX_PORT are both $CONSOLE_PORT: set one of them to another port." >&2
+    return 1
   fi
-done
+  for name in CONSOLE_PORT SANDBOX_PORT; do
+    port="${!name}"
+    if port_open "$port"; then
+      echo "Port $port is in use: set $name (make run $name=$((port + 1)))" >&2
+      return 1
+    fi
+  done
+}
+
+# env_file_value NAME: NAME's last value in .env, without sourcing it (values may hold
+# shell characters).
+env_file_value() { sed -n "s/^$1=//p" .env | tail -n 1; }
+
+# secure_database: the SQLite file and its journals are 0600, whether migrate is about to
+# create them (umask) or an earlier run left them world-readable.
+secure_database() {
+  umask 077
+  local f
+  for f in db.sqlite3 db.sqlite3-wal db.sqlite3-shm; do
+    if [ -e "$f" ]; then chmod 600 "$f"; fi
+  done
+}
+
+case "${1:-}" in
+  --check-ports)
+    check_ports
+    exit
+    ;;
+  --prepare-only) ;;  # write .env and migrate, start nothing (ports are not needed)
+  "") check_ports || exit 1 ;;
+  *)
+    echo "Usage: scripts/run.sh [--check-ports | --prepare-only]" >&2
+    exit 2
+    ;;
+esac
+
+secure_database
+WEB_ADDR="127.0.0.1:$CONSOLE_PORT"
+SANDBOX_URL="http://127.0.0.1:$SANDBOX_PORT"
+export SANDBOX_PORT
+export OPENAI_BASE_URL="$SANDBOX_URL/v1"
 
 mkdir -p "$LOG_DIR" var/broker/out var/broker/processed
 "$PY" scripts/bootstrap_env.py .env
 
+# The console may send keys only to listed hosts (console/destinations.py): add this run's
+# sandbox to the list the environment or .env gives, or to the settings' default list.
+allowed="${CONSOLE_ALLOWED_API_HOSTS:-$(env_file_value CONSOLE_ALLOWED_API_HOSTS)}"
+allowed="${allowed:-api.openai.com,*.openai.azure.com,*.cognitiveservices.azure.com}"
+case ",$allowed," in
+  *",127.0.0.1:$SANDBOX_PORT,"*) ;;
+  *) allowed="$allowed,127.0.0.1:$SANDBOX_PORT" ;;
+esac
+export CONSOLE_ALLOWED_API_HOSTS="$allowed"
+
 # Read the demo password from .env without sourcing it (values may hold shell characters);
 # an exported CONSOLE_DEMO_ADMIN_PASSWORD wins, as in settings.
 if [ -z "${CONSOLE_DEMO_ADMIN_PASSWORD:-}" ]; then
-  CONSOLE_DEMO_ADMIN_PASSWORD="$(sed -n 's/^CONSOLE_DEMO_ADMIN_PASSWORD=//p' .env | tail -n 1)"
+  CONSOLE_DEMO_ADMIN_PASSWORD="$(env_file_value CONSOLE_DEMO_ADMIN_PASSWORD)"
 fi
 export CONSOLE_DEMO_ADMIN_PASSWORD
 
@@ -93,13 +165,17 @@ wait_for_port() {
 
 say "Migrating the database"
 "$PY" manage.py migrate --noinput
+secure_database
+if [ "${1:-}" = "--prepare-only" ]; then
+  exit 0
+fi
 
 say "Starting the sandbox API on 127.0.0.1:$SANDBOX_PORT"
 start sandbox "$PY" manage.py sandbox_api --port "$SANDBOX_PORT"
 wait_for_port sandbox "$SANDBOX_PORT" "${PIDS[-1]}"
 
 say "Loading the demo data"
-"$PY" manage.py load_demo --sandbox-url "http://127.0.0.1:$SANDBOX_PORT"
+"$PY" manage.py load_demo --sandbox-url "$SANDBOX_URL"
 "$PY" manage.py ensure_admin --username admin
 
 say "Starting web, worker and beat"
@@ -111,7 +187,7 @@ wait_for_port web "${WEB_ADDR##*:}" "${PIDS[-3]}"
 cat <<MSG
 
   Console: http://$WEB_ADDR/admin/  login: admin / $CONSOLE_DEMO_ADMIN_PASSWORD
-  Sandbox API: http://127.0.0.1:$SANDBOX_PORT/v1
+  Sandbox API: $OPENAI_BASE_URL
   Logs: $LOG_DIR/sandbox.log $LOG_DIR/web.log $LOG_DIR/worker.log $LOG_DIR/beat.log
 
   Press Ctrl-C to stop everything.

@@ -98,7 +98,7 @@ def sandbox_server(tmp_path_factory):
 
     from sandbox.control import SandboxControl
 
-    port = _free_port()
+    port = int(os.environ["SANDBOX_TEST_PORT"])  # on CONSOLE_ALLOWED_API_HOSTS (tests/settings.py)
     logs = tmp_path_factory.mktemp("sandbox")
     with open(logs / "stdout", "w+") as stdout, open(logs / "stderr", "w+") as stderr:
         process = subprocess.Popen(

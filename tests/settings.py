@@ -7,6 +7,7 @@ start — the Celery worker, the sandbox API, manage.py commands — see the sam
 import base64
 import os
 import secrets
+import socket
 
 os.environ["CONSOLE_ENV_FILE"] = os.devnull  # never read a developer's .env in tests
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
@@ -17,6 +18,23 @@ os.environ.setdefault("CONSOLE_FINGERPRINT_KEY", secrets.token_urlsafe(32))
 os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
 os.environ.setdefault("DEBUG", "false")
 os.environ.setdefault("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # tests point keys at their sandbox
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The session's sandbox API listens here (tests/conftest.py), and only it, besides the
+# production defaults and the port nothing listens on, is where tests may send a key:
+# operators allow-list exact loopback origins the same way (README, "Where keys may go").
+os.environ.setdefault("SANDBOX_TEST_PORT", str(_free_port()))
+os.environ.setdefault(
+    "CONSOLE_ALLOWED_API_HOSTS",
+    "api.openai.com,*.openai.azure.com,*.cognitiveservices.azure.com,"
+    f"127.0.0.1:9,127.0.0.1:{os.environ['SANDBOX_TEST_PORT']}",
+)
 
 from console.settings import *  # noqa: E402,F401,F403
 
