@@ -1,9 +1,12 @@
 """Encryption at rest for API-key secrets.
 
 AES-256-GCM with a random 96-bit nonce per encryption. The associated data binds a
-ciphertext to its row (the ApiKey's UUID) and to the master-key version that wrote it,
-so a ciphertext copied to another row, or relabelled with another version, fails to
-decrypt. Master keys come from settings.CONSOLE_ENCRYPTION_KEYS, newest first, each as
+ciphertext to its row (the ApiKey's UUID), to the master-key version that wrote it, and
+to the destination the secret may be sent to (provider, base URL, Azure endpoint — the
+row's `destination_binding()`), so a ciphertext copied to another row, relabelled with
+another version, or left behind when the destination was changed without the secret
+being pasted again (in SQL, in a restore, by a bug) fails to decrypt instead of being
+sent somewhere new. Master keys come from settings.CONSOLE_ENCRYPTION_KEYS, newest first, each as
 "v<N>:<urlsafe base64 of 32 bytes>"; the newest encrypts, every listed one decrypts.
 
 Decryption fails closed: any problem raises DecryptionError (never returns the
@@ -123,20 +126,23 @@ def fingerprint_key():
     return value.encode()
 
 
-def associated_data(row_id, version):
-    return f"console.apikey:{row_id}:v{version}".encode()
+def associated_data(row_id, version, binding=""):
+    """What a ciphertext is bound to: its row, the master-key version, and `binding`
+    (the destination the secret may be sent to)."""
+    return f"console.apikey:{row_id}:v{version}:to={binding}".encode()
 
 
-def encrypt(plaintext: str, row_id, ring=None):
+def encrypt(plaintext: str, row_id, ring=None, binding=""):
     """Encrypt under the newest master key. Returns (ciphertext bytes, version)."""
     ring = ring or keyring()
     nonce = os.urandom(NONCE_BYTES)
-    body = ring.aead(ring.current).encrypt(nonce, plaintext.encode(), associated_data(row_id, ring.current))
+    aad = associated_data(row_id, ring.current, binding)
+    body = ring.aead(ring.current).encrypt(nonce, plaintext.encode(), aad)
     return nonce + body, ring.current
 
 
-def decrypt(ciphertext, version, row_id, ring=None) -> str:
-    """Decrypt a ciphertext written for `row_id` under master-key `version`.
+def decrypt(ciphertext, version, row_id, ring=None, binding="") -> str:
+    """Decrypt a ciphertext written for `row_id` and `binding` under master-key `version`.
 
     Raises DecryptionError (or UnknownKeyVersion) on anything but a clean decryption.
     """
@@ -148,11 +154,11 @@ def decrypt(ciphertext, version, row_id, ring=None) -> str:
     if len(data) < NONCE_BYTES + 16:
         raise DecryptionError("Stored ciphertext is missing or truncated.")
     try:
-        plain = aead.decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], associated_data(row_id, version))
+        plain = aead.decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], associated_data(row_id, version, binding))
     except InvalidTag:
         raise DecryptionError(
-            f"Secret of key {row_id} failed authentication under v{version}: "
-            "wrong master key, or a ciphertext that does not belong to this row."
+            f"Secret of key {row_id} failed authentication under v{version}: wrong master key, a "
+            "ciphertext that does not belong to this row, or a destination changed without the secret."
         ) from None
     return plain.decode()
 

@@ -46,7 +46,8 @@ def stale_batches(current, batch_size):
         keys = ApiKey.objects.exclude(secret_key_version=current).order_by("pk")
         if after is not None:
             keys = keys.filter(pk__gt=after)
-        batch = list(keys.only("pk", "secret_ciphertext", "secret_key_version")[:batch_size])
+        fields = ["pk", "secret_ciphertext", "secret_key_version", *ApiKey.destination_fields]
+        batch = list(keys.only(*fields)[:batch_size])
         if not batch:
             return
         yield batch
@@ -63,7 +64,13 @@ def rewrap_all(batch_size=500, dry_run=False, ring=None, on_batch=None):
         for key in batch:
             try:
                 if dry_run:
-                    crypto.decrypt(key.secret_ciphertext, key.secret_key_version, key.pk, ring=ring)
+                    crypto.decrypt(
+                        key.secret_ciphertext,
+                        key.secret_key_version,
+                        key.pk,
+                        ring=ring,
+                        binding=key.destination_binding(),
+                    )
                     changed = True
                 else:
                     changed = key.rewrap(ring=ring)
