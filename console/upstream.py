@@ -1,14 +1,19 @@
 """The one door to OpenAI and Azure OpenAI.
 
-Every call to an upstream API goes through this module: client construction on one
-shared connection pool, explicit timeouts, no SDK retries (callers own their retry
-policy), an X-Client-Request-Id on every request, and the translation of whatever
-happened into an Outcome. Secrets pass through in memory only; nothing here logs,
-stores or raises them.
+Every call to an upstream API goes through this module, in two layers:
+
+- `Pool.send(target, call)` — sending: client construction on one shared connection
+  pool (`make_http_client`), explicit timeouts, no SDK retries (callers own their retry
+  policy), an X-Client-Request-Id on every request, a cap on how much of a response body
+  is read, and the translation of whatever happened into a `Reply` with an `Outcome` and
+  a scrubbed message. It never raises for upstream trouble.
+- What a caller asks: `Pool.probe(target)` (is this key alive?), and `Pool.paginate(…)`
+  for the list endpoints that usage ingestion and organization sync walk.
+
+Secrets pass through in memory only; nothing here logs, stores or raises them.
 """
 
 import json
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,6 +23,16 @@ import httpx2
 import openai
 from django.conf import settings
 from django.db import models
+
+from console import destinations
+
+# A response body is read up to this many bytes and a message scrubbed up to this many
+# characters: an upstream (or something posing as one) cannot make a worker read or
+# scan megabytes. The OpenAI error bodies and a models list are far below both.
+MAX_BODY_BYTES = 256 * 1024
+MAX_SCAN_CHARS = 4096
+MESSAGE_LENGTH = 500
+DEFAULT_MAX_PAGES = 1000
 
 
 class Outcome(models.TextChoices):
@@ -35,6 +50,12 @@ class Outcome(models.TextChoices):
     UNEXPECTED_STATUS = "unexpected_status", "Unexpected status"
     SKIPPED_CIRCUIT_OPEN = "skipped_circuit_open", "Skipped (circuit open)"
     DECRYPTION_FAILED = "decryption_failed", "Secret could not be decrypted"
+    # Not sent: the destination is not (or no longer) on CONSOLE_ALLOWED_API_HOSTS, or its
+    # name resolved to an internal address (console/destinations.py). Not a host failure.
+    DESTINATION_REFUSED = "destination_refused", "Destination refused"
+    # The console itself failed on this key (a bug, an unparseable URL, Redis…): the
+    # key's state is unknown, and the rest of its batch went on.
+    ERROR = "error", "Probe error"
 
     @classmethod
     def failures(cls):
@@ -52,9 +73,16 @@ class Outcome(models.TextChoices):
         return {cls.SERVER_ERROR, cls.TIMEOUT, cls.NETWORK_ERROR}
 
 
+def host_of(provider, base_url="", azure_endpoint=""):
+    """The API host (with its port, if any) a key's calls go to: the circuit breaker's
+    unit. Shared by Target and keys.models.Circuit (which may not import keys.probe)."""
+    url = azure_endpoint if provider == "azure" else (base_url or settings.OPENAI_BASE_URL)
+    return urlsplit(url).netloc or url
+
+
 @dataclass
 class Target:
-    """What a probe needs to reach one key's API. `secret` is the plaintext: keep the
+    """What a call needs to reach one key's API. `secret` is the plaintext: keep the
     object short-lived, and never log or pickle it."""
 
     secret: str = field(repr=False)
@@ -67,15 +95,14 @@ class Target:
     is_admin: bool = False
 
     def host(self):
-        """The API host (with its port, if any) this target's calls go to: the circuit
-        breaker's unit."""
-        url = self.azure_endpoint if self.provider == "azure" else (self.base_url or settings.OPENAI_BASE_URL)
-        return urlsplit(url).netloc or url
+        return host_of(self.provider, self.base_url, self.azure_endpoint)
 
 
 @dataclass
 class Reply:
-    """What one upstream call came to. Holds no secret material."""
+    """What one upstream call came to. Holds no secret material. The fields named in
+    RESULT_FIELDS are what a probe result stores; `retry_after`, `should_retry` and
+    `body` are for the caller only."""
 
     outcome: str
     http_status: int | None = None
@@ -84,7 +111,6 @@ class Reply:
     request_id: str = ""
     client_request_id: str = ""
     duration_ms: int = 0
-    retry_after: float | None = None
     ratelimit_limit_requests: int | None = None
     ratelimit_limit_tokens: int | None = None
     ratelimit_remaining_requests: int | None = None
@@ -93,41 +119,90 @@ class Reply:
     ratelimit_reset_tokens: str = ""
     openai_organization: str = ""
     processing_ms: int | None = None
+    # Seconds the API asked us to wait at least (retry-after-ms / retry-after), or None.
+    retry_after: float | None = None
+    # False when the API said x-should-retry: false; None when it said nothing.
+    should_retry: bool | None = None
+    # The parsed JSON body of a successful call (None otherwise).
+    body: object = field(default=None, repr=False)
 
 
-KEYISH = re.compile(
-    r"(sk-[A-Za-z0-9_\-*.…]+|[A-Za-z0-9_\-]{20,}T3BlbkFJ[A-Za-z0-9_\-]*|\b[0-9a-fA-F]{32}\b|[A-Za-z0-9]{40,})"
-)
+CALLER_ONLY_FIELDS = ("outcome", "retry_after", "should_retry", "body")
+# The 14 fields a ProbeResult stores from a Reply, listed once.
+RESULT_FIELDS = tuple(f for f in Reply.__dataclass_fields__ if f not in CALLER_ONLY_FIELDS)
+
+
+# --- scrubbing ------------------------------------------------------------------------
+# Characters a key-shaped token is made of (the 401 echo masks with * and …).
+TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-*.…")
+ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def is_keyish(token):
+    """Does this run of token characters look like (part of) an API key? `sk-…`, a legacy
+    key (…T3BlbkFJ…), a 32-hex Azure key, or 40+ letters and digits in a row."""
+    if "sk-" in token or ("T3BlbkFJ" in token and len(token) >= 28):
+        return True
+    run = hex_run = 0
+    for ch in token + " ":
+        if ch in ALNUM:
+            run += 1
+            hex_run = hex_run + 1 if ch in HEX and hex_run == run - 1 else hex_run
+            if run >= 40:
+                return True
+            continue
+        if run == 32 and hex_run == 32:
+            return True
+        run = hex_run = 0
+    return False
 
 
 def scrub(message, secret=""):
-    """Remove anything key-shaped (the 401 body echoes a masked key) and the secret itself."""
+    """Remove anything key-shaped (the 401 body echoes a masked key) and the secret itself.
+
+    Linear in its input, and the input is cut to MAX_SCAN_CHARS first: a hostile body
+    cannot cost more than a few thousand steps. A token cut by that limit is dropped
+    whole, so no fragment of a key survives the cut."""
     text = str(message or "")
+    if len(text) > MAX_SCAN_CHARS:
+        text = text[:MAX_SCAN_CHARS].rstrip("".join(TOKEN_CHARS))
     if secret:
         text = text.replace(secret, "[redacted]")
         if len(secret) >= 8:
             text = text.replace(secret[-8:], "[redacted]")
-    text = KEYISH.sub("[redacted]", text)
-    return text[:500]
+    out, token = [], []
+    for ch in text + " ":
+        if ch in TOKEN_CHARS:
+            token.append(ch)
+            continue
+        if token:
+            word = "".join(token)
+            out.append("[redacted]" if is_keyish(word) else word)
+            token = []
+        out.append(ch)
+    return "".join(out[:-1])[:MESSAGE_LENGTH]
 
 
+# --- headers and status ---------------------------------------------------------------
 def _int(value):
     try:
         return int(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
 def _retry_after(headers):
+    """The minimum wait the API asked for, in seconds (retry-after-ms first), or None."""
     ms = headers.get("retry-after-ms")
     if ms is not None and _int(ms) is not None:
-        return _int(ms) / 1000
+        return max(_int(ms), 0) / 1000
     seconds = headers.get("retry-after")
     if seconds is not None:
         try:
-            return float(seconds)
+            return max(float(seconds), 0.0)
         except ValueError:
-            return None
+            return None  # an HTTP date: rare on these APIs; the backoff applies
     return None
 
 
@@ -142,10 +217,12 @@ def _read_headers(reply, headers):
     reply.openai_organization = headers.get("openai-organization", "")[:100]
     reply.processing_ms = _int(headers.get("openai-processing-ms"))
     reply.retry_after = _retry_after(headers)
+    if headers.get("x-should-retry", "").strip().lower() == "false":
+        reply.should_retry = False
 
 
 def classify_status(status, code, message="", provider="openai"):
-    """Outcome for an HTTP error status and the error body's `code`.
+    """Outcome for an HTTP error status and the error body's `code` (or `type`).
 
     Only OpenAI's 401 `invalid_api_key` says the key itself is dead; any other 401 (IP
     allow-list, organization membership) is "auth_unknown". Azure answers a bad key with
@@ -173,6 +250,60 @@ def is_list(body):
     return isinstance(body, dict) and body.get("object") == "list" and isinstance(body.get("data"), list)
 
 
+def _error_fields(body):
+    """(code, type, message) from an error body, whatever its shape."""
+    error = body.get("error", body) if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return "", "", ""
+    return tuple(str(error.get(k) or "") for k in ("code", "type", "message"))
+
+
+# --- the connection pool --------------------------------------------------------------
+class CappedStream(httpx2.AsyncByteStream):
+    """A response body that ends after `limit` bytes, whatever the server sends."""
+
+    def __init__(self, inner, limit):
+        self.inner, self.limit = inner, limit
+
+    async def __aiter__(self):
+        left = self.limit
+        async for chunk in self.inner:
+            if left <= 0:
+                break
+            yield chunk[:left]
+            left -= len(chunk)
+
+    async def aclose(self):
+        await self.inner.aclose()
+
+
+def body_cap(limit):
+    """A response hook that stops reading a body after `limit` bytes."""
+
+    async def cap_response_body(response):
+        response.stream = CappedStream(response.stream, limit)
+
+    return cap_response_body
+
+
+def make_http_client(timeout, max_connections, max_body_bytes=MAX_BODY_BYTES):
+    """The one place the pool's HTTP client is built (its transport, limits, hooks).
+
+    Its transport is console.destinations.GuardedTransport: every request is checked
+    against CONSOLE_ALLOWED_API_HOSTS again, and every connection goes to an address that
+    was resolved and checked right then (no DNS rebinding), whatever a row says."""
+    limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return httpx2.AsyncClient(
+        timeout=timeout,
+        transport=destinations.GuardedTransport(limits=limits),
+        event_hooks={"response": [body_cap(max_body_bytes)]},
+    )
+
+
+class PaginationError(Exception):
+    """A list endpoint misbehaved: it repeated a cursor or never stopped."""
+
+
 class Pool:
     """One shared httpx2 connection pool for many keys, and the SDK clients on it.
 
@@ -180,15 +311,13 @@ class Pool:
     copied per key with `with_options(api_key=…)`, which keeps the same pool.
     """
 
-    def __init__(self, max_connections=None, connect_timeout=None, read_timeout=None):
+    def __init__(self, max_connections=None, connect_timeout=None, read_timeout=None, max_body_bytes=MAX_BODY_BYTES):
         self.timeout = httpx2.Timeout(
             read_timeout or settings.UPSTREAM_READ_TIMEOUT,
             connect=connect_timeout or settings.UPSTREAM_CONNECT_TIMEOUT,
         )
-        limit = max_connections or settings.UPSTREAM_MAX_CONNECTIONS
-        self.http = httpx2.AsyncClient(
-            timeout=self.timeout,
-            limits=httpx2.Limits(max_connections=limit, max_keepalive_connections=limit),
+        self.http = make_http_client(
+            self.timeout, max_connections or settings.UPSTREAM_MAX_CONNECTIONS, max_body_bytes=max_body_bytes
         )
         self._clients = {}
 
@@ -225,6 +354,61 @@ class Pool:
                 )
         return self._clients[cache_key]
 
+    def keyed_client(self, target):
+        """The target's client carrying its key (admin keys as admin_api_key)."""
+        client = self.client_for(target)
+        if target.is_admin:
+            return client.with_options(admin_api_key=target.secret, organization=target.organization or None)
+        options = {"api_key": target.secret}
+        if target.provider != "azure":
+            options["organization"] = target.organization or None
+            options["project"] = target.project or None
+        return client.with_options(**options)
+
+    async def send(self, target, call):
+        """Send one request and say what happened. Never raises for upstream trouble.
+
+        `call(client, headers)` returns the SDK's awaitable raw response (a
+        `….with_raw_response.…(extra_headers=headers)` call) on a client that carries the
+        target's key. The Reply's `body` is the parsed JSON of a 2xx answer (None if it is
+        not JSON)."""
+        client_request_id = str(uuid.uuid4())
+        reply = Reply(outcome=Outcome.OK, client_request_id=client_request_id)
+        started = time.monotonic()
+        try:
+            raw = await call(self.keyed_client(target), {"X-Client-Request-Id": client_request_id})
+        except openai.APIStatusError as e:
+            reply.http_status = e.status_code
+            code, kind, message = _error_fields(e.body)
+            # Billing trouble is `insufficient_quota` in `code` or, on some answers, `type`.
+            code = code or str(e.code or "")
+            if kind == "insufficient_quota":
+                code = code if code == "insufficient_quota" else kind
+            reply.error_code = code[:100]
+            message = message or str(e.message or "")
+            reply.outcome = classify_status(e.status_code, reply.error_code, message[:MAX_SCAN_CHARS], target.provider)
+            reply.message = scrub(message, target.secret)
+            _read_headers(reply, e.response.headers)
+        except openai.APITimeoutError:
+            reply.outcome = Outcome.TIMEOUT
+            reply.message = "The API did not answer within the timeout."
+        except openai.APIConnectionError as e:
+            if isinstance(e.__cause__, destinations.DestinationRefused):
+                reply.outcome = Outcome.DESTINATION_REFUSED
+                reply.message = scrub(f"Not sent: {e.__cause__}", target.secret)
+            else:
+                reply.outcome = Outcome.NETWORK_ERROR
+                reply.message = scrub(f"Connection failed: {type(e.__cause__ or e).__name__}", target.secret)
+        else:
+            reply.http_status = raw.status_code
+            _read_headers(reply, raw.headers)
+            try:
+                reply.body = json.loads(raw.text)
+            except ValueError:
+                reply.body = None
+        reply.duration_ms = int((time.monotonic() - started) * 1000)
+        return reply
+
     async def probe(self, target):
         """Prove the target's key works with a free call and say what happened. Never
         raises for upstream trouble; returns a Reply.
@@ -232,47 +416,49 @@ class Pool:
         Project and service-account keys list the models (`GET /v1/models`; Azure:
         `GET /openai/models`). Admin keys may call only the administration endpoints, so
         they list one project (`GET /v1/organization/projects?limit=1`)."""
-        client_request_id = str(uuid.uuid4())
-        headers = {"X-Client-Request-Id": client_request_id}
-        client = self.client_for(target)
-        if target.is_admin:
-            client = client.with_options(admin_api_key=target.secret, organization=target.organization or None)
-            request = client.admin.organization.projects.with_raw_response.list(limit=1, extra_headers=headers)
-        else:
-            options = {"api_key": target.secret}
-            if target.provider != "azure":
-                options["organization"] = target.organization or None
-                options["project"] = target.project or None
-            request = client.with_options(**options).models.with_raw_response.list(extra_headers=headers)
-        reply = Reply(outcome=Outcome.OK, client_request_id=client_request_id)
-        started = time.monotonic()
-        try:
-            raw = await request
-        except openai.APIStatusError as e:
-            reply.http_status = e.status_code
-            body = e.body if isinstance(e.body, dict) else {}
-            error = body.get("error", body) if isinstance(body, dict) else {}
-            code = (error.get("code") if isinstance(error, dict) else None) or e.code or ""
-            reply.error_code = str(code)[:100]
-            message = (error.get("message") if isinstance(error, dict) else None) or e.message
-            reply.outcome = classify_status(e.status_code, reply.error_code, message, target.provider)
-            reply.message = scrub(message, target.secret)
-            _read_headers(reply, e.response.headers)
-        except openai.APITimeoutError:
-            reply.outcome = Outcome.TIMEOUT
-            reply.message = "The API did not answer within the timeout."
-        except openai.APIConnectionError as e:
-            reply.outcome = Outcome.NETWORK_ERROR
-            reply.message = scrub(f"Connection failed: {type(e.__cause__ or e).__name__}", target.secret)
-        else:
-            reply.http_status = raw.status_code
-            _read_headers(reply, raw.headers)
-            try:
-                body = json.loads(raw.text)
-            except ValueError:
-                body = None
-            if not is_list(body):
-                reply.outcome = Outcome.MALFORMED_RESPONSE
-                reply.message = "The list was not the JSON object the API documents."
-        reply.duration_ms = int((time.monotonic() - started) * 1000)
+
+        def call(client, headers):
+            if target.is_admin:
+                return client.admin.organization.projects.with_raw_response.list(limit=1, extra_headers=headers)
+            return client.models.with_raw_response.list(extra_headers=headers)
+
+        reply = await self.send(target, call)
+        if reply.outcome == Outcome.OK and not is_list(reply.body):
+            reply.outcome = Outcome.MALFORMED_RESPONSE
+            reply.message = "The list was not the JSON object the API documents."
+        reply.body = None  # a probe keeps only what it stores
         return reply
+
+    async def paginate(self, target, fetch, style="cursor", max_pages=DEFAULT_MAX_PAGES):
+        """Walk a paginated list; yields one Reply per page and stops after the last page
+        or the first page that is not OK (yielded, for the caller to judge).
+
+        `fetch(client, headers, cursor)` requests one page; `cursor` is None for the
+        first. `style` is "cursor" for lists with `after` / `has_more` / `last_id` (the
+        cursor is `last_id`, else the last item's id) or "page" for `page` /
+        `next_page` / `has_more` (usage and costs). Raises PaginationError when the API
+        hands back a cursor it already gave (it would loop forever) or after
+        `max_pages` pages."""
+        cursor, seen = None, set()
+        for _ in range(max_pages):
+            reply = await self.send(target, lambda client, headers, cursor=cursor: fetch(client, headers, cursor))
+            yield reply
+            body = reply.body if isinstance(reply.body, dict) else {}
+            if reply.outcome != Outcome.OK or not body.get("has_more"):
+                return
+            cursor = next_cursor(body, style)
+            if not cursor:
+                raise PaginationError("The API said has_more but gave no cursor for the next page.")
+            if cursor in seen:
+                raise PaginationError(f"The API repeated the cursor {cursor[:40]!r}; stopping instead of looping.")
+            seen.add(cursor)
+        raise PaginationError(f"Stopped after {max_pages} pages: the list did not end.")
+
+
+def next_cursor(body, style):
+    if style == "page":
+        return str(body.get("next_page") or "")
+    last = body.get("last_id")
+    if not last and isinstance(body.get("data"), list) and body["data"] and isinstance(body["data"][-1], dict):
+        last = body["data"][-1].get("id")
+    return str(last or "")

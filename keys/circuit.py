@@ -2,21 +2,37 @@
 
 State lives in the Circuit table so every worker and the admin see it. A batch loads the
 rows for its hosts once (`Breakers.load`), decides in memory while its probes run, and
-writes the new state back at the end (`Breakers.save`). Opening needs
-CIRCUIT_FAILURE_THRESHOLD consecutive server/network/timeout outcomes on one host, from
-any keys; after CIRCUIT_COOLDOWN_SECONDS one worker wins a compare-and-swap to half-open
-and sends a single trial probe; its success closes the circuit, its failure re-opens it.
+writes back at the end (`Breakers.save`) — not its whole view (last writer would win),
+but what it saw, as updates that add up across batches running at once:
+
+- closed: host failures (server error, network error, timeout) are ADDED to the row's
+  `consecutive_failures` (`F() + n`); when the sum reaches CIRCUIT_FAILURE_THRESHOLD, a
+  compare-and-swap from closed opens it for CIRCUIT_COOLDOWN_SECONDS.
+- open: nothing is sent. After the cool-down one batch wins a compare-and-swap from open
+  to half-open and sends a single trial probe; a half-open circuit whose trial batch has
+  been silent for a whole cool-down (it died) is taken over by the next batch, again by
+  compare-and-swap.
+- half-open: the trial's real answer closes it; its failure re-opens it (compare-and-swap
+  from half-open). A trial won but never sent (deferred) hands the circuit back open.
+- Any real answer from the host (even a 401) closes the circuit and resets the count.
+
+Outcomes the host did not give (skipped, the console's own errors, a secret that cannot
+be decrypted) say nothing about the host and are not recorded. By hand, a circuit is
+only ever closed (`Circuit.close`), never forced open.
 """
 
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.db.models import F
 from django.utils import timezone
 
 from console.upstream import Outcome
 
 from .models import Circuit, CircuitState
+
+NOT_FROM_HOST = {Outcome.SKIPPED_CIRCUIT_OPEN, Outcome.ERROR, Outcome.DECRYPTION_FAILED}
 
 
 @dataclass
@@ -25,10 +41,14 @@ class Breaker:
     state: str
     failures: int
     open_until: object = None
-    opened_at: object = None
     trial_in_flight: bool = False
     last_outcome: str = ""
     changed: bool = False
+    # What this batch saw, to be added to the row: host failures since its last real
+    # answer, whether a real answer came at all, and whether it holds the half-open trial.
+    new_failures: int = 0
+    recovered: bool = False
+    holds_trial: bool = False
 
     def allow(self):
         """May a probe go to this host now? In half-open, only the single trial may."""
@@ -40,25 +60,25 @@ class Breaker:
         return False
 
     def record(self, outcome, now):
+        if outcome in NOT_FROM_HOST:
+            return
         self.last_outcome = outcome
         self.changed = True
         if outcome in Outcome.host_failures():
             self.failures += 1
+            self.new_failures += 1
             if self.state == CircuitState.HALF_OPEN or self.failures >= settings.CIRCUIT_FAILURE_THRESHOLD:
                 self.open(now)
-        elif outcome != Outcome.SKIPPED_CIRCUIT_OPEN:
+        else:
             # Any real answer (even a 401) shows the host is up.
-            self.failures = 0
+            self.recovered = True
+            self.failures = self.new_failures = 0
             self.state = CircuitState.CLOSED
-            self.open_until = None
-            self.trial_in_flight = False
 
     def open(self, now):
-        if self.state != CircuitState.OPEN:
-            self.opened_at = now
+        # In memory only, for the rest of this batch; save() writes the transition.
         self.state = CircuitState.OPEN
         self.open_until = now + timedelta(seconds=settings.CIRCUIT_COOLDOWN_SECONDS)
-        self.trial_in_flight = False
 
 
 class Breakers(dict):
@@ -68,11 +88,9 @@ class Breakers(dict):
     def load(cls, hosts, now=None):
         now = now or timezone.now()
         breakers = cls()
-        rows = {c.host: c for c in Circuit.objects.filter(host__in=hosts)}
+        rows = current_rows(hosts)
         for host in hosts:
-            row = rows.get(host)
-            if row is None:
-                row, _ = Circuit.objects.get_or_create(host=host)
+            row = rows[host]
             state = row.state
             if state == CircuitState.OPEN and row.open_until and row.open_until <= now:
                 # Cool-down over: whoever flips it to half-open sends the trial probe.
@@ -93,23 +111,59 @@ class Breakers(dict):
                 state=state,
                 failures=row.consecutive_failures,
                 open_until=row.open_until,
-                opened_at=row.opened_at,
+                holds_trial=state == CircuitState.HALF_OPEN,
             )
         return breakers
 
     def save(self, now=None):
         now = now or timezone.now()
         for b in self.values():
-            if b.state == CircuitState.HALF_OPEN and not b.changed:
-                # We won the trial but sent nothing (e.g. deferred): let the next batch try.
-                b.state, b.open_until, b.changed = CircuitState.OPEN, now, True
-            if not b.changed:
-                continue
-            Circuit.objects.filter(host=b.host).update(
-                state=b.state,
-                consecutive_failures=b.failures,
-                open_until=b.open_until,
-                opened_at=b.opened_at,
-                last_outcome=b.last_outcome,
-                updated=now,
-            )
+            save_breaker(b, now)
+
+
+def current_rows(hosts):
+    """{host: Circuit} as read now, creating the rows not there yet: what load() then
+    tries to swap."""
+    rows = {c.host: c for c in Circuit.objects.filter(host__in=hosts)}
+    for host in set(hosts) - set(rows):
+        rows[host], _ = Circuit.objects.get_or_create(host=host)
+    return rows
+
+
+def save_breaker(b, now):
+    """Write what one batch saw of one host, as updates that add up (see the module)."""
+    row = Circuit.objects.filter(host=b.host)
+    if b.holds_trial and not b.changed:
+        # We won the trial but sent nothing (e.g. deferred): let the next batch try.
+        row.filter(state=CircuitState.HALF_OPEN).update(state=CircuitState.OPEN, open_until=now, updated=now)
+        return
+    if not b.changed:
+        return
+    if b.recovered:
+        # The host answered: closed, counting only the failures seen after that answer.
+        row.update(
+            state=CircuitState.CLOSED,
+            consecutive_failures=b.new_failures,
+            open_until=None,
+            last_outcome=b.last_outcome,
+            updated=now,
+        )
+    else:
+        row.update(
+            consecutive_failures=F("consecutive_failures") + b.new_failures, last_outcome=b.last_outcome, updated=now
+        )
+    if b.holds_trial and b.state == CircuitState.OPEN:
+        # Our trial failed: re-open for another cool-down.
+        row.filter(state=CircuitState.HALF_OPEN).update(
+            state=CircuitState.OPEN, open_until=now + timedelta(seconds=settings.CIRCUIT_COOLDOWN_SECONDS)
+        )
+    if b.new_failures:
+        # Failures from every batch add up; whoever's update crosses the threshold opens it.
+        row.filter(state=CircuitState.CLOSED, consecutive_failures__gte=settings.CIRCUIT_FAILURE_THRESHOLD).update(
+            state=CircuitState.OPEN,
+            opened_at=now,
+            # Until when this batch already told its skipped keys to wait, if it opened it.
+            open_until=b.open_until
+            if b.state == CircuitState.OPEN
+            else now + timedelta(seconds=settings.CIRCUIT_COOLDOWN_SECONDS),
+        )

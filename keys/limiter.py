@@ -5,14 +5,21 @@ a share of its RPM, however many workers run. A sliding one-minute window per pr
 lives in Redis (a sorted set of request times, checked and added to by one Lua script,
 so the check-and-take is atomic across processes). Without Redis (the embedded
 `make run` set-up) a process-local window does the same job for a single worker.
+
+If Redis fails while a batch runs, the batch does not stop: it carries on under a
+process-local window (this worker's share only) and logs a warning once. Probes go on;
+while Redis is down, several workers may together exceed a project's share.
 """
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import defaultdict, deque
 
 from django.conf import settings
+
+log = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 60
 
@@ -71,8 +78,30 @@ class LocalLimiter:
         pass
 
 
+class FallbackLimiter:
+    """The shared limiter until it fails once, then a process-local window."""
+
+    def __init__(self, primary):
+        self.primary, self.local, self.failed = primary, LocalLimiter(), False
+
+    async def try_acquire(self, project_id, per_minute):
+        if not self.failed:
+            try:
+                return await self.primary.try_acquire(project_id, per_minute)
+            except Exception as e:  # noqa: BLE001 — any Redis trouble: connection, timeout, script
+                self.failed = True
+                log.warning("probe limiter: Redis failed (%s); this batch uses a local window", type(e).__name__)
+        return await self.local.try_acquire(project_id, per_minute)
+
+    async def aclose(self):
+        try:
+            await self.primary.aclose()
+        except Exception:  # noqa: BLE001 — closing a dead connection must not fail the batch
+            pass
+
+
 def make_limiter():
-    return RedisLimiter(settings.REDIS_URL) if settings.REDIS_URL else LocalLimiter()
+    return FallbackLimiter(RedisLimiter(settings.REDIS_URL)) if settings.REDIS_URL else LocalLimiter()
 
 
 async def acquire(limiter, project_id, per_minute, max_wait):

@@ -1,48 +1,90 @@
 """Claiming keys for probing.
 
-A key is due when `next_probe_at` has passed. Claiming moves `next_probe_at` forward by a
-lease with a compare-and-swap (the UPDATE only touches rows still due, under row locks
-taken with SKIP LOCKED on PostgreSQL), so overlapping sweeps or several workers never
-hand out the same key for the same slot. The slot — the Unix time the key was due — goes
-with the key id into the batch; the (key, slot) unique constraint on results does the rest.
-If a batch dies, its lease runs out and the next sweep claims the key again.
+A key is due when `next_probe_at` has passed (or was never set). Claiming moves
+`next_probe_at` forward to the end of a lease, one row at a time, with a compare-and-swap
+on the value read: `filter(pk=…, next_probe_at=<what we read>).update(…)` changes the
+row only if nobody moved it since, and a claimer keeps a key only when ITS update changed
+that row (n == 1). No row locks, no `SKIP LOCKED`: the same code is correct on PostgreSQL
+and SQLite, and two claimers racing for the same rows never both win one.
+
+What a claim hands out — `Claim(key_id, slot, lease)` — goes into the batch message:
+- `slot` is the Unix time the key was due (sweep) or of the claim ("Probe now"), moved
+  past the key's newest result if need be; with the key it is unique on results, so
+  two "Probe now" in the same second are two slots and two probes.
+- `lease` is the lease end this claim wrote. A batch probes a key only while the row
+  still holds exactly that value (keys.probe.load_claimed): a batch redelivered after the
+  key was claimed again, probed, or released does nothing for it.
+
+The lease (settings.PROBE_LEASE_SECONDS) outlasts the broker's redelivery of a batch
+whose worker died (visibility timeout + task time limit, system check keys.E010), so a
+key is either redelivered to a worker or, if the message is lost for good, claimed
+again after the lease in a new slot — never both.
 """
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from django.conf import settings
-from django.db import transaction
+from django.db.models import Max
 from django.utils import timezone
 
-from .models import ApiKey
+from .models import ApiKey, ProbeResult
 
-LEASE_SECONDS = 15 * 60
+
+class Claim(NamedTuple):
+    key_id: str
+    slot: int
+    lease: str  # ISO 8601 lease end, exactly as written to next_probe_at
+
+    @classmethod
+    def parse(cls, item):
+        """A claim from a batch message: [key_id, slot, lease] (or [key_id, slot] from a
+        message queued before leases were carried: lease "")."""
+        key_id, slot, *rest = item
+        return cls(str(key_id), int(slot), str(rest[0]) if rest and rest[0] else "")
+
+    def lease_until(self):
+        return datetime.fromisoformat(self.lease) if self.lease else None
+
+
+def lease_seconds():
+    return settings.PROBE_LEASE_SECONDS
 
 
 def claim(queryset, now=None, slot_from_due_time=True, limit=None):
     """Claim the keys in `queryset` (already filtered to what the caller wants probed).
-    Returns [(key_id str, slot int), …] for the rows this caller won."""
+    Returns [Claim, …] for the rows this caller's compare-and-swap moved, and no other."""
     now = now or timezone.now()
-    lease_until = now + timedelta(seconds=LEASE_SECONDS)
-    with transaction.atomic():
-        rows = queryset.filter(revoked_at__isnull=True).select_for_update(skip_locked=True).order_by("next_probe_at")
-        if limit:
-            rows = rows[:limit]
-        rows = list(rows.values_list("pk", "next_probe_at"))
-        if not rows:
-            return []
-        won = []
-        # Group by the due time read, so each UPDATE is a compare-and-swap on it.
-        by_due = {}
-        for pk, due in rows:
-            by_due.setdefault(due, []).append(pk)
-        for due, pks in by_due.items():
-            cas = ApiKey.objects.filter(pk__in=pks)
-            cas = cas.filter(next_probe_at=due) if due is not None else cas.filter(next_probe_at__isnull=True)
-            cas.update(next_probe_at=lease_until)
-            slot = int((due if slot_from_due_time and due else now).timestamp())
-            won.extend((str(pk), slot) for pk in pks)
-        return won
+    lease_until = now + timedelta(seconds=lease_seconds())
+    rows = candidates(queryset, limit)
+    if not rows:
+        return []
+    newest = newest_slots([pk for pk, _ in rows])
+    won = []
+    for pk, due in rows:
+        # next_probe_at=None filters IS NULL: a never-scheduled key is swapped the same way.
+        cas = ApiKey.objects.filter(pk=pk, revoked_at__isnull=True, next_probe_at=due)
+        if cas.update(next_probe_at=lease_until) != 1:
+            continue  # another claimer moved this row first
+        # A slot is always past the key's newest result, so a claim never collides
+        # with an earlier probe (a "Probe now" in the same second, a skip just before).
+        base = int((due if slot_from_due_time and due else now).timestamp())
+        slot = max(base, newest.get(pk, 0) + 1)
+        won.append(Claim(str(pk), slot, lease_until.isoformat()))
+    return won
+
+
+def candidates(queryset, limit=None):
+    """[(pk, next_probe_at), …] as read now: what a claim then tries to swap."""
+    rows = queryset.filter(revoked_at__isnull=True).order_by("next_probe_at")
+    if limit:
+        rows = rows[:limit]
+    return list(rows.values_list("pk", "next_probe_at"))
+
+
+def newest_slots(pks):
+    """{pk: the slot of the key's newest result} for keys that have one."""
+    return dict(ProbeResult.objects.filter(key_id__in=pks).values_list("key_id").annotate(Max("slot")).order_by())
 
 
 def claim_due(now=None, limit=None):
@@ -52,8 +94,24 @@ def claim_due(now=None, limit=None):
 
 
 def claim_now(key_ids, now=None):
-    """Claim specific keys at once, due or not ("Probe now", a new key)."""
+    """Claim specific keys at once, due or not ("Probe now", a new key). A key leased to
+    a queued batch is taken over: that batch will skip it, this one probes it."""
     return claim(ApiKey.objects.filter(pk__in=key_ids), now=now, slot_from_due_time=False)
+
+
+def release(claims, now=None):
+    """Make claimed keys due again (their batch was never queued), only where the row
+    still holds the lease these claims wrote: a key claimed by someone else since keeps
+    its new lease."""
+    now = now or timezone.now()
+    by_lease = {}
+    for c in claims:
+        by_lease.setdefault(c.lease, []).append(c.key_id)
+    for lease, key_ids in by_lease.items():
+        rows = ApiKey.objects.filter(pk__in=key_ids)
+        if lease:
+            rows = rows.filter(next_probe_at=datetime.fromisoformat(lease))
+        rows.update(next_probe_at=now)
 
 
 def batches(claims, size=None):

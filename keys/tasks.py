@@ -1,6 +1,7 @@
-"""Celery tasks: thin wrappers that carry key ids and slots, never secrets.
+"""Celery tasks: thin wrappers that carry key ids, slots and leases, never secrets.
 
-Every task is idempotent, so acks_late redelivery (a worker killed mid-batch) is safe.
+Every task is idempotent, so acks_late redelivery (a worker killed mid-batch) is safe: a
+batch probes a key only while the key's row still holds the lease in the message.
 """
 
 import logging
@@ -8,30 +9,29 @@ import logging
 from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
-from kombu.exceptions import OperationalError
 
 from . import probe
 from . import sweep as sweeping
-from .models import ApiKey, ProbeResult
+from .models import ProbeResult
 
 log = logging.getLogger(__name__)
 
 
 @shared_task(name="keys.tasks.sweep", acks_late=True, ignore_result=True)
 def sweep():
-    """Beat: claim every due key and hand the claims to workers in batches."""
+    """Beat: claim every due key and hand the claims to workers in batches. Returns how
+    many keys were queued (claimed keys whose batch could not be queued are due again)."""
     claims = sweeping.claim_due(timezone.now())
-    for batch in sweeping.batches(claims):
-        probe_batch.delay(batch)
+    queued = publish(claims)
     if claims:
-        log.info("probe sweep: %d keys claimed", len(claims))
-    return len(claims)
+        log.info("probe sweep: %d keys claimed, %d queued", len(claims), queued)
+    return queued
 
 
 @shared_task(name="keys.tasks.probe_batch", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def probe_batch(claims):
-    """Probe [[key_id, slot], …]. Returns nothing; results go to the database."""
-    summary = probe.run_batch([(key_id, slot) for key_id, slot in claims])
+    """Probe [[key_id, slot, lease], …]. Returns nothing; results go to the database."""
+    summary = probe.run_batch([sweeping.Claim.parse(c) for c in claims])
     log.info(
         "probe batch: %d probed %s, %d deferred, %d already done",
         summary.probed,
@@ -48,15 +48,29 @@ def prune_probe_results():
     log.info("pruned %d probe results", deleted)
 
 
+def publish(claims):
+    """Queue the claims in batches, one message per batch. Never raises for the broker:
+    if publishing fails part-way (Redis down, a fresh clone without var/broker/, …), the
+    keys of the batches that were not published are made due again (not leased), a
+    warning is logged, and the count published so far is returned."""
+    queued = 0
+    pending = list(sweeping.batches(claims))
+    for i, batch in enumerate(pending):
+        try:
+            probe_batch.delay([list(c) for c in batch])
+        except Exception as e:  # noqa: BLE001 — whatever the transport raises: kombu, OSError, redis
+            unsent = [c for b in pending[i:] for c in b]
+            sweeping.release(unsent)
+            log.warning(
+                "broker unreachable (%s); %d keys will be probed by the next sweep", type(e).__name__, len(unsent)
+            )
+            break
+        queued += len(batch)
+    return queued
+
+
 def enqueue_probes(key_ids):
-    """Claim these keys now and queue their probes. Returns how many were queued. If the
-    broker cannot be reached, the keys stay due and the next sweep probes them."""
-    claims = sweeping.claim_now(key_ids)
-    try:
-        for batch in sweeping.batches(claims):
-            probe_batch.delay(batch)
-    except OperationalError:
-        log.warning("broker unreachable; %d keys will be probed by the next sweep", len(claims))
-        ApiKey.objects.filter(pk__in=[c[0] for c in claims]).update(next_probe_at=timezone.now())
-        return 0
-    return len(claims)
+    """Claim these keys now and queue their probes. Returns how many were queued: 0 when
+    the broker cannot be reached (the keys are then due, and the next sweep probes them).
+    Never raises for the broker."""
+    return publish(sweeping.claim_now(key_ids))

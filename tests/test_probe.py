@@ -340,6 +340,7 @@ def test_when_the_api_goes_down_the_circuit_opens_and_recovers_when_it_returns(m
 
     port = _free_port()
     settings.OPENAI_BASE_URL = f"http://127.0.0.1:{port}/v1"
+    settings.CONSOLE_ALLOWED_API_HOSTS = [*settings.CONSOLE_ALLOWED_API_HOSTS, f"127.0.0.1:{port}"]
     settings.CIRCUIT_FAILURE_THRESHOLD = 3
     settings.PROBE_CONCURRENCY = 1
     keys = [make_key() for _ in range(5)]
@@ -390,3 +391,166 @@ def test_when_the_api_goes_down_the_circuit_opens_and_recovers_when_it_returns(m
     # The half-open trial went first; once it succeeded, the rest were let through.
     assert summary.outcomes[Outcome.OK] >= 1
     assert set(summary.outcomes) <= {Outcome.OK, Outcome.SKIPPED_CIRCUIT_OPEN}
+
+
+# --- one key's trouble is that key's outcome ---------------------------------------------
+def leased(key):
+    key.refresh_from_db()
+    return key.next_probe_at > timezone.now() + timedelta(seconds=django_settings.PROBE_INTERVAL_SECONDS)
+
+
+def test_a_key_whose_url_cannot_be_sent_is_an_error_and_the_batch_goes_on(key_with, project):
+    # A hostname no HTTP client accepts (stored before validation refused such URLs).
+    bad = ApiKey(organization=project.organization, project=project, name="bad", base_url="https://\u202egnp.exe")
+    bad.set_secret(formats.generate())
+    bad.save()
+    healthy = [key_with("healthy")[0] for _ in range(3)]
+    summary = probe_now(bad, *healthy)
+    assert summary.outcomes == {Outcome.ERROR: 1, Outcome.OK: 3}
+    assert result_of(bad).outcome == Outcome.ERROR
+    for key in [bad, *healthy]:
+        assert not leased(key)
+    bad.refresh_from_db()
+    assert bad.last_probe_outcome == Outcome.ERROR
+
+
+def test_an_unexpected_exception_in_one_probe_is_scrubbed_and_stored_as_its_outcome(key_with, monkeypatch):
+    from console import upstream
+
+    bad, bad_secret = key_with("healthy")
+    good, _ = key_with("healthy")
+    real_probe = upstream.Pool.probe
+
+    async def probe_or_fail(self, target):
+        if target.secret == bad_secret:
+            raise ValueError(f"Illegal header value b'Bearer {target.secret}'")
+        return await real_probe(self, target)
+
+    monkeypatch.setattr(upstream.Pool, "probe", probe_or_fail)
+    probe_now(bad, good)
+    message = result_of(bad).message
+    assert result_of(bad).outcome == Outcome.ERROR and message.startswith("ValueError")
+    for fragment in (bad_secret, bad_secret[-8:], bad_secret[8:30]):
+        assert fragment not in message
+    assert result_of(good).outcome == Outcome.OK
+    assert not leased(bad) and not leased(good)
+
+
+def test_a_bug_outside_the_call_still_stores_every_other_key(key_with, monkeypatch):
+    bad, _ = key_with("healthy")
+    good, _ = key_with("healthy")
+    real_target_for = probe.target_for
+
+    def target_for(key, secret):
+        if key.pk == bad.pk:
+            raise RuntimeError("a bug")
+        return real_target_for(key, secret)
+
+    monkeypatch.setattr(probe, "target_for", target_for)
+    probe_now(bad, good)
+    assert (result_of(bad).outcome, result_of(good).outcome) == (Outcome.ERROR, Outcome.OK)
+    assert not leased(bad)
+
+
+def test_with_the_limiters_redis_down_the_batch_probes_under_a_local_window(key_with, settings, sandbox, caplog):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    keys = [key_with("healthy")[0] for _ in range(3)]
+    summary = probe_now(*keys)
+    assert summary.outcomes == {Outcome.OK: 3}
+    assert sandbox.stats()["total"] == 3
+    assert "probe limiter: Redis failed (ConnectionError)" in caplog.text
+
+
+# --- retries: what the API says about them --------------------------------------------
+def test_a_flaky_key_that_fails_first_recovers_on_its_retry(key_with, sandbox):
+    key, secret = key_with("flaky", fail_times=1)
+    probe_now(key)
+    assert (result_of(key).outcome, result_of(key).attempts) == (Outcome.OK, 2)
+    assert sandbox.stats()["per_key"] == {formats.hint(secret): 2}
+
+
+def test_quota_named_only_in_the_error_type_is_quota_exhausted_and_not_retried(key_with, sandbox):
+    key, _ = key_with("quota", quota_type_only=True)
+    probe_now(key)
+    assert (result_of(key).outcome, result_of(key).attempts) == (Outcome.QUOTA_EXHAUSTED, 1)
+    assert result_of(key).error_code == "insufficient_quota"
+    assert sandbox.stats()["total"] == 1
+
+
+def test_a_server_error_that_says_x_should_retry_false_is_not_retried(key_with, sandbox):
+    key, _ = key_with("server_error", should_retry=False)
+    probe_now(key)
+    assert (result_of(key).outcome, result_of(key).attempts) == (Outcome.SERVER_ERROR, 1)
+    assert sandbox.stats()["total"] == 1
+
+
+def test_a_retry_is_never_sooner_than_the_retry_after_the_api_asked_for(key_with, sandbox, settings):
+    settings.PROBE_BACKOFF_MAX_SECONDS = 1.0
+    settings.PROBE_MAX_ATTEMPTS = 2
+    key, _ = key_with("throttled", retry_after=1, retry_after_ms=400)
+    probe_now(key)
+    assert (result_of(key).outcome, result_of(key).attempts) == (Outcome.RATE_LIMITED, 2)
+    first, second = [t for t, _ in sandbox.stats()["recent"]]
+    assert second - first >= 0.4
+
+
+def test_a_retry_after_longer_than_a_batch_waits_is_recorded_and_scheduled_after_it(key_with, sandbox, settings):
+    key, _ = key_with("throttled", retry_after=30)
+    before = timezone.now()
+    probe_now(key)
+    assert (result_of(key).outcome, result_of(key).attempts) == (Outcome.RATE_LIMITED, 1)
+    assert sandbox.stats()["total"] == 1
+    key.refresh_from_db()
+    assert before + timedelta(seconds=30) <= key.next_probe_at <= timezone.now() + timedelta(seconds=30)
+    assert key.last_probe_outcome == Outcome.RATE_LIMITED
+
+
+def test_a_retry_after_is_capped_at_the_probe_interval(key_with, settings):
+    settings.PROBE_INTERVAL_SECONDS = 10
+    key, _ = key_with("throttled", retry_after=3000)
+    probe_now(key)
+    key.refresh_from_db()
+    assert key.next_probe_at <= timezone.now() + timedelta(seconds=10)
+
+
+# --- scheduling --------------------------------------------------------------------------
+def test_after_a_probe_the_key_is_next_due_one_interval_later(key_with, settings):
+    key, _ = key_with("healthy")
+    probe_now(key)
+    key.refresh_from_db()
+    assert key.next_probe_at == key.last_probe_at + timedelta(seconds=settings.PROBE_INTERVAL_SECONDS)
+
+
+def test_a_deferred_key_is_due_again_soon(key_with, org, settings):
+    settings.PROBE_PROJECT_RPM_SHARE = 0.1
+    settings.PROBE_LIMITER_MAX_WAIT_SECONDS = 0.2
+    tier = Tier.objects.create(name="Tiny", requests_per_minute=10, tokens_per_minute=1000, position=9)
+    small = Project.objects.create(organization=org, name="Small", openai_project_id="proj_Small0000001", tier=tier)
+    first, second = key_with("healthy", project=small)[0], key_with("healthy", project=small)[0]
+    before = timezone.now()
+    summary = probe_now(first, second)
+    assert summary.deferred == 1
+    deferred = ApiKey.objects.get(pk__in=[first.pk, second.pk], last_probe_at__isnull=True)
+    assert before < deferred.next_probe_at <= timezone.now() + timedelta(seconds=0.4)
+
+
+# --- during an outage ------------------------------------------------------------------
+def test_a_call_sent_and_timed_out_is_a_timeout_even_once_the_circuit_opened(key_with, settings):
+    settings.CIRCUIT_FAILURE_THRESHOLD = 1
+    settings.UPSTREAM_READ_TIMEOUT = 0.5
+    settings.PROBE_CONCURRENCY = 3
+    keys = [key_with("hanging")[0] for _ in range(3)]
+    summary = probe_now(*keys)
+    assert summary.outcomes == {Outcome.TIMEOUT: 3}
+    for key in keys:
+        assert result_of(key).duration_ms >= 500
+    assert Circuit.objects.get(host=probe.host_of(keys[0])).state == CircuitState.OPEN
+
+
+def test_no_more_than_probe_concurrency_calls_are_in_flight(key_with, sandbox, settings):
+    settings.PROBE_CONCURRENCY = 3
+    keys = [key_with("slow", delay_ms=200)[0] for _ in range(10)]
+    probe_now(*keys)
+    stats = sandbox.stats()
+    assert stats["total"] == 10
+    assert stats["max_in_flight"] == 3

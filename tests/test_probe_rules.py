@@ -63,7 +63,7 @@ def test_backoff_stays_within_the_ceiling_and_honours_retry_after(settings):
             delay = probe.backoff(attempt)
             assert 0 <= delay <= min(4, 0.5 * 2 ** (attempt - 1))
     assert probe.backoff(1, retry_after=3) >= 3
-    assert probe.backoff(1, retry_after=60) == 4  # never waits past the maximum
+    assert probe.backoff(1, retry_after=60) == 60  # retry-after is a minimum, never shortened
 
 
 def test_failure_sets_exclude_alive_and_skipped_outcomes():
@@ -132,16 +132,17 @@ class TestClaims:
         ApiKey.objects.update(next_probe_at=now - timedelta(minutes=1))
         first = sweep.claim_due(now)
         second = sweep.claim_due(now)
-        assert sorted(k for k, _ in first) == sorted(str(k.pk) for k in keys)
+        assert sorted(c.key_id for c in first) == sorted(str(k.pk) for k in keys)
         assert second == []
 
     def test_a_claim_moves_next_probe_at_forward_by_the_lease(self, make_key):
         key, _ = make_key()
         now = timezone.now()
         ApiKey.objects.filter(pk=key.pk).update(next_probe_at=now)
-        [(key_id, slot)] = sweep.claim_due(now)
+        [(key_id, slot, lease)] = sweep.claim_due(now)
         key.refresh_from_db()
-        assert key.next_probe_at == now + timedelta(seconds=sweep.LEASE_SECONDS)
+        assert key.next_probe_at == now + timedelta(seconds=settings.PROBE_LEASE_SECONDS)
+        assert lease == key.next_probe_at.isoformat()
         assert slot == int(now.timestamp())
 
     def test_revoked_and_future_keys_are_not_claimed(self, make_key):
@@ -155,15 +156,15 @@ class TestClaims:
     def test_keys_never_scheduled_are_due(self, make_key):
         key, _ = make_key()
         ApiKey.objects.filter(pk=key.pk).update(next_probe_at=None)
-        assert [k for k, _ in sweep.claim_due(timezone.now())] == [str(key.pk)]
+        assert [c.key_id for c in sweep.claim_due(timezone.now())] == [str(key.pk)]
 
     def test_an_expired_lease_is_claimed_again_in_a_new_slot(self, make_key):
         key, _ = make_key()
         now = timezone.now()
         ApiKey.objects.filter(pk=key.pk).update(next_probe_at=now)
-        [(_, first_slot)] = sweep.claim_due(now)
-        later = now + timedelta(seconds=sweep.LEASE_SECONDS + 1)
-        [(_, second_slot)] = sweep.claim_due(later)
+        [(_, first_slot, _)] = sweep.claim_due(now)
+        later = now + timedelta(seconds=settings.PROBE_LEASE_SECONDS + 1)
+        [(_, second_slot, _)] = sweep.claim_due(later)
         assert second_slot > first_slot
 
 
@@ -216,3 +217,91 @@ def test_pruning_drops_only_results_older_than_the_retention(make_key):
         ProbeResult.objects.create(key=key, slot=slot, started_at=now - timedelta(days=days), outcome=Outcome.OK)
     assert ProbeResult.prune(now, keep_days=30, batch_size=1) == 2
     assert sorted(ProbeResult.objects.values_list("slot", flat=True)) == [3, 4]
+
+
+def test_acquire_waits_for_a_slot_that_frees_up_within_the_limit():
+    class Scripted:
+        """Says: wait 0.05 s, then go."""
+
+        def __init__(self):
+            self.answers, self.calls = [0.05, 0.0], 0
+
+        async def try_acquire(self, project_id, per_minute):
+            self.calls += 1
+            return self.answers.pop(0)
+
+    scripted = Scripted()
+    assert asyncio.run(limiter.acquire(scripted, "p", 1, max_wait=1.0)) is True
+    assert scripted.calls == 2
+
+
+def test_the_fallback_limiter_keeps_limiting_locally_once_redis_fails():
+    async def run():
+        fallback = limiter.FallbackLimiter(limiter.RedisLimiter("redis://127.0.0.1:1/0"))
+        try:
+            waits = [await fallback.try_acquire("p", 2) for _ in range(3)]
+            return waits + [await fallback.try_acquire("other project", 2)], fallback.failed
+        finally:
+            await fallback.aclose()
+
+    waits, failed = asyncio.run(run())
+    assert failed
+    assert waits[:2] == [0.0, 0.0] and waits[2] > 0
+    assert waits[3] == 0.0  # each project keeps its own window
+
+
+def test_the_fallback_limiter_uses_the_shared_window_while_redis_answers(redis_db):
+    async def run():
+        fallback = limiter.FallbackLimiter(limiter.RedisLimiter(settings.REDIS_URL))
+        try:
+            return [await fallback.try_acquire("shared", 1) for _ in range(2)], fallback.failed
+        finally:
+            await fallback.aclose()
+
+    waits, failed = asyncio.run(run())
+    assert not failed
+    assert redis_db.zcard("console:probe-window:shared") == 1
+    assert waits[0] == 0 and 59 < waits[1] <= limiter.WINDOW_SECONDS
+
+
+def test_the_local_limiter_says_how_long_until_the_oldest_request_leaves_the_window():
+    async def run():
+        local = limiter.LocalLimiter()
+        return [await local.try_acquire("p", 1) for _ in range(2)]
+
+    first, second = asyncio.run(run())
+    assert first == 0 and 59 < second <= limiter.WINDOW_SECONDS
+
+
+class Scripted:
+    """A limiter that answers with the waits it was given, then 0."""
+
+    def __init__(self, *waits):
+        self.answers, self.calls = list(waits), 0
+
+    async def try_acquire(self, project_id, per_minute):
+        self.calls += 1
+        return self.answers.pop(0) if self.answers else 0.0
+
+
+def test_acquire_counts_every_wait_against_the_limit():
+    scripted = Scripted(0.04, 0.04, 0.04)
+    assert asyncio.run(limiter.acquire(scripted, "p", 1, max_wait=0.1)) is False
+    assert scripted.calls == 3
+
+
+def test_the_probe_limiter_is_shared_in_redis_when_there_is_redis(redis_db):
+    async def run():
+        shared = limiter.make_limiter()
+        try:
+            return await shared.try_acquire("made", 5)
+        finally:
+            await shared.aclose()
+
+    assert asyncio.run(run()) == 0
+    assert redis_db.zcard("console:probe-window:made") == 1
+
+
+def test_without_redis_the_probe_limiter_is_local(settings):
+    settings.REDIS_URL = ""
+    assert isinstance(limiter.make_limiter(), limiter.LocalLimiter)

@@ -70,19 +70,23 @@ def test_a_worker_sweep_probes_every_active_key_exactly_once(tmp_path, broker, s
     assert Outcome.OK in outcomes.values() and Outcome.INVALID_KEY in outcomes.values()
 
 
-def test_two_workers_and_repeated_sweeps_never_probe_a_key_twice_in_a_slot(
-    tmp_path, broker, sandbox, mixed_keys, settings
-):
-    keys, _, _ = mixed_keys
-    settings.PROBE_BATCH_SIZE = 2
-    env = dict(OPENAI_BASE_URL=sandbox.openai_url, **FAST_RETRIES)
-    with Worker(tmp_path, **env), Worker(tmp_path, **env):
+def test_two_workers_and_repeated_sweeps_send_exactly_one_request_per_key(tmp_path, broker, sandbox, mixed_keys):
+    keys, revoked, secrets = mixed_keys
+    # The sweep runs in a worker, so the batch size must reach the workers' settings.
+    # One attempt per probe: every request the sandbox counts is a probe.
+    env = dict(OPENAI_BASE_URL=sandbox.openai_url, PROBE_BATCH_SIZE=2, **FAST_RETRIES, PROBE_MAX_ATTEMPTS=1)
+    with Worker(tmp_path, **env) as one, Worker(tmp_path, **env) as two:
         for _ in range(4):
             tasks.sweep.delay()
         wait_for(lambda: ProbeResult.objects.count() >= len(keys), message="a result for every key")
         wait_for(lambda: not broker.llen("celery"), message="an empty queue")
+        tasks.sweep.delay()  # nothing is due: a duplicate would show up now
+        wait_for(lambda: not broker.llen("celery"), message="an empty queue")
+        logs = one.read_log(), two.read_log()
+    assert all("probe batch:" in log for log in logs), "both workers got batches"
+    hints = [formats.hint(s) for s in secrets[: len(keys)]]
+    assert sandbox.stats()["per_key"] == {hint: 1 for hint in hints}  # counted where it happens
     assert results_per_key() == {str(k.pk): 1 for k in keys}
-    assert sandbox.stats()["per_project"]  # the probes really went over HTTP
 
 
 def test_killing_the_worker_mid_sweep_still_gives_every_key_one_result(
@@ -129,6 +133,23 @@ def test_no_secret_reaches_redis_the_worker_log_or_the_results(tmp_path, broker,
             assert fragment not in stored
 
 
+def test_no_secret_is_in_redis_while_batches_are_queued_and_unacknowledged(tmp_path, broker, sandbox, mixed_keys):
+    keys, _, secrets = mixed_keys
+    sandbox.set_latency(3000)  # the worker holds its batch (unacked) while we look
+    tasks.sweep()  # no worker yet: every batch waits in the queue
+    queued = dump_redis(broker)
+    assert broker.llen("celery") > 0
+    with Worker(tmp_path, concurrency=1, OPENAI_BASE_URL=sandbox.openai_url, **FAST_RETRIES):
+        wait_for(lambda: broker.hlen("unacked"), message="a delivered, unacknowledged batch")
+        unacked = dump_redis(broker)
+    sandbox.set_latency(0)
+    assert str(keys[0].pk) in queued + unacked  # the dumps do hold the messages
+    for secret in secrets:
+        for fragment in (secret, secret[8:40], secret[-30:], secret[-8:]):
+            assert fragment not in queued
+            assert fragment not in unacked
+
+
 def dump_redis(client):
     """Every key and value in the database, as text."""
     parts = []
@@ -152,7 +173,8 @@ def test_new_keys_are_probed_by_the_worker_once_committed(tmp_path, broker, sand
     with Worker(tmp_path, OPENAI_BASE_URL=sandbox.openai_url, **FAST_RETRIES):
         key, secret = make_key()
         sandbox.register(secret, fault="healthy", project=project.openai_project_id)
-        key.schedule_first_probe()  # outside a transaction: on_commit runs at once
+        key.make_due()
+        tasks.enqueue_probes([str(key.pk)])
         wait_for(lambda: ProbeResult.objects.filter(key=key).exists(), message="the first probe")
     assert ProbeResult.objects.get(key=key).outcome == Outcome.OK
     assert formats.hint(secret) == ApiKey.objects.get(pk=key.pk).hint
@@ -177,4 +199,23 @@ def test_with_the_broker_down_enqueueing_fails_fast_and_the_key_stays_due(make_k
     assert "broker unreachable" in done.stderr
     key.refresh_from_db()
     assert key.next_probe_at <= timezone.now()
+    assert ApiKey.objects.due_for_probe(timezone.now()).filter(pk=key.pk).exists()
+
+
+def test_on_a_fresh_clone_without_a_broker_folder_enqueueing_leaves_the_key_due(make_key, tmp_path):
+    """The filesystem broker (`make run` without Redis) before var/broker/ exists."""
+    import subprocess
+    import sys
+
+    from .workers import ROOT, worker_env
+
+    key, _ = make_key()
+    script = (
+        f"import django; django.setup()\nfrom keys import tasks\nprint('queued', tasks.enqueue_probes(['{key.pk}']))\n"
+    )
+    env = worker_env(REDIS_URL="", CELERY_BROKER_URL="filesystem://", CELERY_BROKER_DIR=tmp_path / "missing")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "queued 0" in done.stdout
+    assert "broker unreachable (FileNotFoundError)" in done.stderr
     assert ApiKey.objects.due_for_probe(timezone.now()).filter(pk=key.pk).exists()
