@@ -1,0 +1,85 @@
+"""The console's admin site: every page of the console is one of its views.
+
+On top of Django's AdminSite it adds the login hardening (README, "Login and sessions"):
+
+- the login form takes an optional two-factor code (accounts/two_factor.py);
+- a user with a confirmed device counts as logged in only once a code verified the
+  session: force_login or a session from before enrolment gets the login page;
+- with CONSOLE_REQUIRE_2FA on, a signed-in user without a device is sent to the
+  enrolment page from every admin URL but that page and logout;
+- the "Two-factor authentication" pages at two-factor/;
+- `lockout_response`: what django-axes answers a locked-out login with (the login page
+  with the reason, HTTP 429), instead of a bare text.
+"""
+
+from functools import update_wrapper
+
+from axes.helpers import get_cool_off
+from django.contrib import admin
+from django.http import HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import path, reverse
+
+from accounts import two_factor
+
+
+class ConsoleAdminSite(admin.AdminSite):
+    site_header = "OpenAI platform console"
+    site_title = "OpenAI console"
+    index_title = "Organizations, projects and keys"
+    login_form = two_factor.LoginForm
+
+    def has_permission(self, request):
+        return super().has_permission(request) and not two_factor.is_second_factor_pending(request.user)
+
+    def admin_view(self, view, cacheable=False):
+        """Django's wrapper (permission, CSRF, never_cache) around a check that sends
+        users who must enrol in two-factor to the enrolment page first."""
+
+        def enrolled_first(request, *args, **kwargs):
+            if two_factor.needs_enrolment(request.user) and not self.is_allowed_before_enrolment(view):
+                return HttpResponseRedirect(reverse("admin:two_factor", current_app=self.name))
+            return view(request, *args, **kwargs)
+
+        return super().admin_view(update_wrapper(enrolled_first, view), cacheable)
+
+    def is_allowed_before_enrolment(self, view):
+        return view == self.logout or getattr(view, "allowed_before_enrolment", False)
+
+    def get_urls(self):
+        def site_view(function):
+            def view(request):
+                return function(request, self)
+
+            view.allowed_before_enrolment = True
+            return self.admin_view(update_wrapper(view, function))
+
+        return [
+            path("two-factor/", site_view(two_factor.two_factor_view), name="two_factor"),
+            path(
+                "two-factor/recovery-codes/",
+                site_view(two_factor.regenerate_recovery_codes_view),
+                name="two_factor_recovery_codes",
+            ),
+            path("two-factor/disable/", site_view(two_factor.disable_view), name="two_factor_disable"),
+        ] + super().get_urls()
+
+    def login(self, request, extra_context=None):
+        context = {"second_factor_pending": two_factor.is_second_factor_pending(request.user)}
+        return super().login(request, {**context, **(extra_context or {})})
+
+
+def lockout_response(request, original_response=None, credentials=None):
+    """The admin login page saying the login is locked and for how long (AXES_LOCKOUT_CALLABLE)."""
+    site = admin.site
+    cool_off = get_cool_off(request)
+    minutes = max(round(cool_off.total_seconds() / 60), 1) if cool_off else None
+    context = {
+        **site.each_context(request),
+        "title": "Log in",
+        "app_path": request.get_full_path(),
+        "form": site.login_form(request),
+        "lockout_minutes": minutes,
+        "is_locked_out": True,
+    }
+    return render(request, site.login_template or "admin/login.html", context, status=429)
