@@ -1,8 +1,10 @@
 """Startup checks (keys/checks.py), the production example environment under
 `check --deploy`, and generate_encryption_key."""
 
+import base64
 import io
 import os
+import secrets
 import subprocess
 import sys
 import uuid
@@ -90,19 +92,56 @@ def check_deploy(env_file):
     )
 
 
-def test_check_deploy_passes_with_no_warnings_on_the_production_example():
+PLACEHOLDER_ERRORS = {
+    "keys.E003": "SECRET_KEY is still a placeholder",
+    "keys.E004": "CONSOLE_ENCRYPTION_KEYS is still a placeholder",
+    "keys.E005": "CONSOLE_FINGERPRINT_KEY is still a placeholder",
+    "keys.E006": "The password of database “default” (DATABASE_URL) is still a placeholder",
+}
+
+
+def filled_example(tmp_path):
+    """The example with every CHANGE-ME value replaced by a freshly generated one."""
+    variables, _ = example_variables()
+    values = {
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "CONSOLE_ENCRYPTION_KEYS": crypto.generate_master_key(1),
+        "CONSOLE_FINGERPRINT_KEY": crypto.generate_fingerprint_key(),
+        "DATABASE_URL": variables["DATABASE_URL"].replace("CHANGE-ME", secrets.token_urlsafe(32)),
+    }
+    lines = []
+    for line in EXAMPLE.read_text().splitlines():
+        name = line.partition("=")[0]
+        lines.append(f"{name}={values[name]}" if name in values and not line.startswith("#") else line)
+    path = tmp_path / "env"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_check_deploy_fails_on_the_production_example_naming_each_placeholder():
     result = check_deploy(EXAMPLE)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    for check_id, message in PLACEHOLDER_ERRORS.items():
+        assert f"({check_id}) {message}" in output
+    assert "python manage.py generate_encryption_key --fingerprint" in output
+    assert "secrets.token_urlsafe(50)" in output
+
+
+def test_check_deploy_passes_with_no_warnings_once_real_values_replace_the_placeholders(tmp_path):
+    result = check_deploy(filled_example(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout
     assert "WARNINGS" not in result.stdout + result.stderr
 
 
 def test_check_deploy_reads_the_example_file_so_a_weakened_copy_fails(tmp_path):
-    weakened = tmp_path / "env"
-    weakened.write_text(EXAMPLE.read_text().replace("SESSION_COOKIE_SECURE=true", "SESSION_COOKIE_SECURE=false"))
+    weakened = filled_example(tmp_path)
+    weakened.write_text(weakened.read_text().replace("SESSION_COOKIE_SECURE=true", "SESSION_COOKIE_SECURE=false"))
     result = check_deploy(weakened)
     assert result.returncode != 0
     assert "security.W012" in result.stdout + result.stderr
+    assert "keys.E00" not in result.stdout + result.stderr
 
 
 def test_the_production_example_sets_every_production_variable_with_a_comment():
@@ -135,18 +174,56 @@ def test_the_production_example_sets_every_production_variable_with_a_comment():
             assert lines[n - 1].startswith("# "), f"{line.split('=')[0]} has no comment above it"
 
 
-def test_the_production_example_holds_placeholders_only():
+def test_the_production_example_holds_change_me_placeholders_only_and_says_so():
     variables, lines = example_variables()
-    assert "PLACEHOLDER" in variables["SECRET_KEY"]
-    assert "PLACEHOLDER" in variables["CONSOLE_FINGERPRINT_KEY"]
-    ring = crypto.parse_keyring(variables["CONSOLE_ENCRYPTION_KEYS"])
-    assert ring.keys[ring.current].startswith(b"PLACEHOLDER")  # readable, so no one mistakes it for a key
-    keys_line = lines.index(f"CONSOLE_ENCRYPTION_KEYS={variables['CONSOLE_ENCRYPTION_KEYS']}")
-    assert "PLACEHOLDER — generate your own" in lines[keys_line - 1]
+    for name in ("SECRET_KEY", "CONSOLE_ENCRYPTION_KEYS", "CONSOLE_FINGERPRINT_KEY", "DATABASE_URL"):
+        assert "CHANGE-ME" in variables[name]
+        assert checks.is_placeholder(variables[name])
+        assert lines[lines.index(f"{name}={variables[name]}") - 1].startswith("# ")
+    assert "FAILS with this file as is" in "\n".join(lines[:5])
     for value in variables.values():
         for word in value.replace(",", " ").replace("=", " ").split():
             with pytest.raises(formats.KeyFormatError):
                 formats.check_shape(word)
+
+
+def test_the_example_encryption_key_placeholder_is_not_a_key_at_all():
+    with pytest.raises(crypto.ConfigurationError):
+        crypto.parse_keyring(example_variables()[0]["CONSOLE_ENCRYPTION_KEYS"])
+
+
+@pytest.mark.parametrize(
+    "name, value, check_id",
+    [
+        ("SECRET_KEY", "CHANGE-ME-to-50-or-more-random-characters-never-commit-the-real-one", "keys.E003"),
+        ("SECRET_KEY", "PLACEHOLDER-change-me-to-50-or-more-random-characters-never-commit", "keys.E003"),
+        ("CONSOLE_ENCRYPTION_KEYS", ["CHANGE-ME:run-python-manage.py-generate_encryption_key"], "keys.E004"),
+        ("CONSOLE_FINGERPRINT_KEY", "CHANGE-ME-run-python-manage.py-generate_encryption_key", "keys.E005"),
+        ("CONSOLE_FINGERPRINT_KEY", "changeme" * 5, "keys.E005"),
+    ],
+)
+def test_a_placeholder_value_is_its_own_error_saying_what_to_generate(settings, name, value, check_id):
+    setattr(settings, name, value)
+    found = errors_by_id(checks.check_encryption_keys(None) + checks.check_placeholder_secrets(None))
+    assert set(found) == {check_id}
+    assert "Generate one with:" in found[check_id].hint
+
+
+def test_the_old_examples_valid_placeholder_key_is_refused_by_what_it_decodes_to(settings):
+    # Copies of the previous example carry a working AES key whose bytes read "PLACEHOLDER:…".
+    material = base64.urlsafe_b64encode(b"PLACEHOLDER:generate-your-own-v1").decode()
+    settings.CONSOLE_ENCRYPTION_KEYS = [crypto.generate_master_key(2), f"v1:{material}"]
+    assert [e.id for e in checks.check_encryption_keys(None)] == ["keys.E004"]
+
+
+def test_a_placeholder_database_password_is_error_e006(settings, monkeypatch):
+    monkeypatch.setitem(settings.DATABASES["default"], "PASSWORD", "CHANGE-ME")
+    assert [e.id for e in checks.check_placeholder_secrets(None)] == ["keys.E006"]
+
+
+def test_real_secrets_are_not_placeholders():
+    assert checks.check_placeholder_secrets(None) == []
+    assert not checks.is_placeholder(secrets.token_urlsafe(50))
 
 
 # --- generate_encryption_key ----------------------------------------------------------------

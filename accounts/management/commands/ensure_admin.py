@@ -11,15 +11,16 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import transaction
 
 from accounts.models import AuditEvent
+from console.leakguard import GuardedCommand
 
 ADMINS = "Console admins"
 
 
-class Command(BaseCommand):
+class Command(GuardedCommand):
     help = (
         "Create the superuser USERNAME, or reset its password, from the environment variable "
         "named by --password-env (default CONSOLE_DEMO_ADMIN_PASSWORD)."

@@ -1,9 +1,8 @@
-from django.core.management.base import BaseCommand
-
+from console.leakguard import GuardedCommand
 from keys import crypto
 
 
-class Command(BaseCommand):
+class Command(GuardedCommand):
     help = "Print a new master key for CONSOLE_ENCRYPTION_KEYS (and optionally a fingerprint key)."
 
     def add_base_argument(self, parser, *args, **kwargs):

@@ -3,17 +3,18 @@
 import uuid
 from collections import Counter
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db.models import Q
 from django.utils import timezone
 from tqdm import tqdm
 
 from accounts.models import Organization
+from console.leakguard import GuardedCommand
 from keys import probe, sweep
 from keys.models import ApiKey
 
 
-class Command(BaseCommand):
+class Command(GuardedCommand):
     help = "Probe keys now (all active keys, or those selected) and print a summary of outcomes."
 
     def add_arguments(self, parser):

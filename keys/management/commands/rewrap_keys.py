@@ -1,12 +1,13 @@
 """`manage.py rewrap_keys`: re-encrypt every secret under the newest master key
 (keys/rewrap.py). Safe to kill and rerun."""
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from console.leakguard import GuardedCommand
 from keys import crypto, rewrap
 
 
-class Command(BaseCommand):
+class Command(GuardedCommand):
     help = (
         "Re-encrypt every API-key secret under the newest key in CONSOLE_ENCRYPTION_KEYS. "
         "Idempotent and resumable; rows that fail to decrypt are reported by id."
