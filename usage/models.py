@@ -1,1 +1,204 @@
-"""Usage and cost buckets, prices and budgets arrive with the usage issue."""
+"""Usage and cost buckets from OpenAI's Usage and Costs APIs, and each organization's
+ingestion state.
+
+A bucket row is one result of one daily bucket, as the API reports it. Upstream ids
+(`proj_…`, `key_…`, `user-…`) are always kept as strings; the local project and key are
+linked when the id is registered here and left empty ("unregistered") when it is not —
+such rows are never dropped. The group-by columns store "" (never NULL) when the API did
+not group by them, so the unique constraint on the natural key holds: re-ingesting a
+window finds the same rows (usage/ingest.py).
+"""
+
+from datetime import timedelta
+
+from django.db import models
+from django.utils.timezone import now
+
+from accounts.models import Organization, Project
+from keys.models import ApiKey
+
+
+class Endpoint(models.TextChoices):
+    """The Usage API endpoints ingested (`/v1/organization/usage/<value>`)."""
+
+    COMPLETIONS = "completions", "Completions"
+    EMBEDDINGS = "embeddings", "Embeddings"
+    MODERATIONS = "moderations", "Moderations"
+    IMAGES = "images", "Images"
+    AUDIO_SPEECHES = "audio_speeches", "Audio speeches"
+    AUDIO_TRANSCRIPTIONS = "audio_transcriptions", "Audio transcriptions"
+    VECTOR_STORES = "vector_stores", "Vector stores"
+    CODE_INTERPRETER_SESSIONS = "code_interpreter_sessions", "Code interpreter sessions"
+
+
+class UsageBucket(models.Model):
+    """One grouped result of one daily usage bucket."""
+
+    organization = models.ForeignKey(Organization, models.CASCADE, related_name="usage_buckets")
+    project = models.ForeignKey(Project, models.SET_NULL, null=True, blank=True, related_name="usage_buckets")
+    key = models.ForeignKey(
+        ApiKey, models.SET_NULL, null=True, blank=True, related_name="usage_buckets", verbose_name="API key"
+    )
+    endpoint = models.CharField(max_length=40, choices=Endpoint.choices)
+    start_time = models.DateTimeField("bucket start")
+    end_time = models.DateTimeField("bucket end")
+    # Upstream ids, "" when the result was not grouped by them (or the API gave null).
+    upstream_project_id = models.CharField("upstream project id", max_length=100, blank=True, default="")
+    upstream_key_id = models.CharField("upstream key id", max_length=100, blank=True, default="")
+    upstream_user_id = models.CharField("upstream user id", max_length=100, blank=True, default="")
+    model = models.CharField(max_length=200, blank=True, default="")
+    # The counts the result objects carry; NULL where an endpoint does not report one.
+    input_tokens = models.BigIntegerField(null=True, blank=True)
+    output_tokens = models.BigIntegerField(null=True, blank=True)
+    input_cached_tokens = models.BigIntegerField(null=True, blank=True)
+    input_audio_tokens = models.BigIntegerField(null=True, blank=True)
+    output_audio_tokens = models.BigIntegerField(null=True, blank=True)
+    num_model_requests = models.BigIntegerField(null=True, blank=True)
+    images = models.BigIntegerField(null=True, blank=True)
+    characters = models.BigIntegerField(null=True, blank=True)
+    seconds = models.BigIntegerField(null=True, blank=True)
+    usage_bytes = models.BigIntegerField(null=True, blank=True)
+    num_sessions = models.BigIntegerField(null=True, blank=True)
+    ingested_at = models.DateTimeField(default=now)
+
+    # The unique natural key, and the value columns an upsert compares and rewrites.
+    NATURAL_KEY = (
+        "organization",
+        "endpoint",
+        "start_time",
+        "upstream_project_id",
+        "upstream_key_id",
+        "upstream_user_id",
+        "model",
+    )
+    COUNTS = (
+        "input_tokens",
+        "output_tokens",
+        "input_cached_tokens",
+        "input_audio_tokens",
+        "output_audio_tokens",
+        "num_model_requests",
+        "images",
+        "characters",
+        "seconds",
+        "usage_bytes",
+        "num_sessions",
+    )
+    VALUES = ("project", "key", "end_time", *COUNTS)
+
+    # An organization's history: deleted with it, never on its own (console/admin_base.py).
+    deleted_with_parent = True
+
+    class Meta:
+        verbose_name = "usage bucket"
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "organization",
+                    "endpoint",
+                    "start_time",
+                    "upstream_project_id",
+                    "upstream_key_id",
+                    "upstream_user_id",
+                    "model",
+                ],
+                name="usage_usagebucket_natural_key",
+            ),
+        ]
+        indexes = [
+            # The admin list (newest first) and its date hierarchy.
+            models.Index(fields=["-start_time"], name="usage_usagebucket_recent"),
+            # A key's usage (key page, last_used_at) and a project's.
+            models.Index(fields=["key", "-start_time"], name="usage_usagebucket_key_recent"),
+            models.Index(fields=["project", "-start_time"], name="usage_usagebucket_proj_recent"),
+        ]
+
+    def __str__(self):
+        return f"{self.get_endpoint_display()} {self.start_time:%Y-%m-%d} {self.model or '—'}"
+
+    def is_registered(self):
+        """Is the upstream key (or, for ungrouped-by-key rows, project) known here?"""
+        if self.upstream_key_id:
+            return self.key_id is not None
+        return self.project_id is not None or not self.upstream_project_id
+
+
+class CostBucket(models.Model):
+    """One grouped result of one daily costs bucket."""
+
+    organization = models.ForeignKey(Organization, models.CASCADE, related_name="cost_buckets")
+    project = models.ForeignKey(Project, models.SET_NULL, null=True, blank=True, related_name="cost_buckets")
+    key = models.ForeignKey(
+        ApiKey, models.SET_NULL, null=True, blank=True, related_name="cost_buckets", verbose_name="API key"
+    )
+    start_time = models.DateTimeField("bucket start")
+    end_time = models.DateTimeField("bucket end")
+    upstream_project_id = models.CharField("upstream project id", max_length=100, blank=True, default="")
+    upstream_key_id = models.CharField("upstream key id", max_length=100, blank=True, default="")
+    line_item = models.CharField(max_length=200, blank=True, default="")
+    # The API's float, kept as the decimal it printed (usage/ingest.py: to_amount).
+    amount = models.DecimalField(max_digits=24, decimal_places=10)
+    currency = models.CharField(max_length=10, default="usd")
+    ingested_at = models.DateTimeField(default=now)
+
+    NATURAL_KEY = ("organization", "start_time", "upstream_project_id", "upstream_key_id", "line_item")
+    VALUES = ("project", "key", "end_time", "amount", "currency")
+
+    deleted_with_parent = True
+
+    class Meta:
+        verbose_name = "cost bucket"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "start_time", "upstream_project_id", "upstream_key_id", "line_item"],
+                name="usage_costbucket_natural_key",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["-start_time"], name="usage_costbucket_recent"),
+            models.Index(fields=["key", "-start_time"], name="usage_costbucket_key_recent"),
+            models.Index(fields=["project", "-start_time"], name="usage_costbucket_proj_recent"),
+        ]
+
+    def __str__(self):
+        return f"{self.start_time:%Y-%m-%d} {self.line_item or '—'} {self.amount} {self.currency}"
+
+
+class IngestState(models.Model):
+    """Where one organization's ingestion stands. One organization's failure is recorded
+    here, on that organization, and never stops the others.
+
+    `next_attempt_at` is when a scheduled run may try this organization again: None or
+    past means now. `last_error` is scrubbed (no key fragment)."""
+
+    organization = models.OneToOneField(Organization, models.CASCADE, related_name="ingest_state")
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    # The end (exclusive) of the last window ingested completely.
+    synced_until = models.DateTimeField(null=True, blank=True)
+    last_outcome = models.CharField(max_length=30, blank=True)
+    last_error = models.CharField(max_length=500, blank=True, help_text="Scrubbed: no key fragment.")
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+
+    deleted_with_parent = True
+
+    class Meta:
+        verbose_name = "ingest state"
+        ordering = ["organization__name"]
+
+    def __str__(self):
+        return f"{self.organization}: {self.last_outcome or 'never run'}"
+
+    def is_due(self, now):
+        return self.next_attempt_at is None or self.next_attempt_at <= now
+
+    def is_failing(self):
+        return self.consecutive_failures > 0
+
+    def backoff(self, retry_after, base_seconds, max_seconds):
+        """How long to wait after the current run of failures: exponential in
+        `consecutive_failures` up to `max_seconds`, and never less than the API's
+        retry-after (a minimum)."""
+        exp = base_seconds * 2 ** max(self.consecutive_failures - 1, 0)
+        return timedelta(seconds=max(min(exp, max_seconds), retry_after or 0))

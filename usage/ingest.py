@@ -1,0 +1,570 @@
+"""Ingest daily usage and costs from OpenAI's Usage and Costs APIs.
+
+For one organization with an active admin key (`ingest_organization`):
+
+1. Every Usage endpoint (ENDPOINTS) with `bucket_width=1d`, grouped by project, key and
+   model where the endpoint allows it, then the Costs endpoint grouped by project, line
+   item and key, for the window [since, until). All through console.upstream (`Pool`,
+   `paginate(style="page")`): the SDK builds each request; a repeated cursor or more than
+   USAGE_MAX_PAGES pages stops with a PaginationError instead of looping.
+2. Each page's results become rows keyed by their natural key (models.UsageBucket /
+   CostBucket.NATURAL_KEY) and are upserted in bulk: rows that are new are created, rows
+   whose values differ are updated, the rest are left alone and counted "unchanged".
+   Re-running any window writes nothing.
+3. Upstream ids map to local projects (`openai_project_id`) and keys
+   (`upstream_key_id`) of the organization; ids not registered here stay with their
+   upstream id and no local link ("unregistered").
+4. Each key's `last_used_at` becomes the newest bucket end with requests for it, and
+   never moves backwards.
+
+Failure is the organization's own: a 401/403, a 429 (with its retry-after), a 5xx, a
+timeout, a malformed page, a pagination error or the console's own exception is recorded
+on its IngestState with a scrubbed message and a next attempt (exponential backoff, never
+sooner than retry-after); what was fetched before the failure is kept; the other
+organizations go on. The API host's circuit breaker (keys.circuit) is honoured: nothing
+is sent while it is open, and host failures count towards opening it.
+
+`run_scheduled(mode, now)` is what beat runs (usage/tasks.py): "daily" re-reads the
+trailing window (USAGE_TRAILING_DAYS) of every due organization, "today" refreshes today
+only (organizations never ingested, or retrying after a failure, get their full window).
+"""
+
+import asyncio
+import logging
+from collections import defaultdict
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.models import Organization
+from console import upstream
+from console.upstream import Outcome, PaginationError
+from keys import crypto
+from keys.circuit import Breakers
+from keys.models import ApiKey, Kind
+from keys.probe import target_for
+
+from .models import CostBucket, Endpoint, IngestState, UsageBucket
+
+log = logging.getLogger(__name__)
+
+# What each Usage endpoint may be grouped by (the SDK's `group_by` literals): project,
+# key and model where allowed; vector stores and code interpreter sessions only by project.
+BY_PROJECT_KEY_MODEL = ["project_id", "api_key_id", "model"]
+ENDPOINTS = {
+    Endpoint.COMPLETIONS: BY_PROJECT_KEY_MODEL,
+    Endpoint.EMBEDDINGS: BY_PROJECT_KEY_MODEL,
+    Endpoint.MODERATIONS: BY_PROJECT_KEY_MODEL,
+    Endpoint.IMAGES: BY_PROJECT_KEY_MODEL,
+    Endpoint.AUDIO_SPEECHES: BY_PROJECT_KEY_MODEL,
+    Endpoint.AUDIO_TRANSCRIPTIONS: BY_PROJECT_KEY_MODEL,
+    Endpoint.VECTOR_STORES: ["project_id"],
+    Endpoint.CODE_INTERPRETER_SESSIONS: ["project_id"],
+}
+COSTS = "costs"
+COSTS_GROUP_BY = ["project_id", "line_item", "api_key_id"]
+# Daily buckets per page: the API's maximum for bucket_width=1d (fewest requests).
+PAGE_LIMIT = 31
+AMOUNT_PLACES = Decimal("1e-10")  # CostBucket.amount's decimal_places
+
+# Backoff of a failing organization: 15 min, 30 min, 1 h, … up to 12 h; never sooner
+# than the API's retry-after.
+RETRY_BASE_SECONDS = 15 * 60
+RETRY_MAX_SECONDS = 12 * 3600
+
+
+class IngestFailure(Exception):
+    """One organization's ingest could not complete. The message is scrubbed."""
+
+    def __init__(self, outcome, message, retry_after=None, endpoint=""):
+        super().__init__(message)
+        self.outcome = str(outcome)
+        self.message = message
+        self.retry_after = retry_after
+        self.endpoint = endpoint
+        self.oversized = False  # a 200 cut short by the response cap (see fetch_all)
+
+
+class CircuitOpen(Exception):
+    pass
+
+
+@dataclass
+class Counts:
+    """Per endpoint: time buckets and results read, and what the upsert did with them."""
+
+    buckets: int = 0
+    results: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+    def add(self, other):
+        for name in ("buckets", "results", "created", "updated", "unchanged"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class Summary:
+    """What a run did: counts per endpoint, organizations done, failures by slug."""
+
+    endpoints: dict = field(default_factory=lambda: defaultdict(Counts))
+    succeeded: list = field(default_factory=list)
+    failed: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)
+
+    def add(self, other):
+        for name, counts in other.endpoints.items():
+            self.endpoints[name].add(counts)
+        self.succeeded += other.succeeded
+        self.failed.update(other.failed)
+        self.skipped += other.skipped
+
+    def total(self):
+        total = Counts()
+        for counts in self.endpoints.values():
+            total.add(counts)
+        return total
+
+
+# --- windows ----------------------------------------------------------------------------
+def day_start(moment):
+    """Midnight UTC of the day `moment` falls in (buckets are UTC days)."""
+    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def default_window(state, now):
+    """[since, until) for a scheduled run: through the end of today, from USAGE_TRAILING_DAYS
+    before the end of the last complete window (or before today, whichever is earlier);
+    an organization never ingested gets USAGE_BACKFILL_DAYS."""
+    today = day_start(now)
+    until = today + timedelta(days=1)
+    if state is None or state.synced_until is None:
+        return today - timedelta(days=settings.USAGE_BACKFILL_DAYS), until
+    return min(day_start(state.synced_until), today) - timedelta(days=settings.USAGE_TRAILING_DAYS), until
+
+
+def today_window(now):
+    today = day_start(now)
+    return today, today + timedelta(days=1)
+
+
+# --- fetching ---------------------------------------------------------------------------
+def page_fetcher(endpoint, since, until, breaker, limit=PAGE_LIMIT):
+    """fetch(client, headers, cursor) for Pool.paginate: one page of one endpoint. Raises
+    CircuitOpen instead of sending while the host's circuit is open."""
+    resource_name = COSTS if endpoint == COSTS else str(endpoint)
+    group_by = COSTS_GROUP_BY if endpoint == COSTS else ENDPOINTS[endpoint]
+    start, end = int(since.timestamp()), int(until.timestamp())
+
+    def fetch(client, headers, cursor):
+        if not breaker.allow():
+            raise CircuitOpen(breaker.host)
+        method = getattr(client.admin.organization.usage.with_raw_response, resource_name)
+        params = {"start_time": start, "end_time": end, "bucket_width": "1d", "group_by": group_by}
+        params["limit"] = limit
+        if cursor:
+            params["page"] = cursor
+        return method(**params, extra_headers=headers)
+
+    return fetch
+
+
+def is_page(body):
+    """Is this the page envelope the API documents (buckets with results lists)?"""
+    if not isinstance(body, dict) or body.get("object") != "page" or not isinstance(body.get("data"), list):
+        return False
+    return all(
+        isinstance(b, dict)
+        and isinstance(b.get("start_time"), int)
+        and isinstance(b.get("end_time"), int)
+        and isinstance(b.get("results"), list)
+        and all(isinstance(r, dict) for r in b["results"])
+        for b in body["data"]
+    )
+
+
+def failure_from_reply(endpoint, reply):
+    where = f"{endpoint}: "
+    if reply.outcome == Outcome.OK:
+        return IngestFailure(
+            Outcome.MALFORMED_RESPONSE,
+            where + "the page was not the JSON the API documents (or exceeded the response size cap).",
+            endpoint=endpoint,
+        )
+    status = f"HTTP {reply.http_status} " if reply.http_status else ""
+    code = f"{reply.error_code}: " if reply.error_code else ""
+    message = upstream.scrub(f"{where}{status}{code}{reply.message}")
+    return IngestFailure(reply.outcome, message, retry_after=reply.retry_after, endpoint=endpoint)
+
+
+def is_oversized(reply):
+    """A 200 whose body did not parse: the pool stops reading a body at its size cap
+    (settings.USAGE_MAX_BODY_BYTES), which cuts a big page's JSON short."""
+    return reply.outcome == Outcome.OK and reply.body is None
+
+
+async def fetch_endpoint(pool, target, endpoint, since, until, breaker, limit):
+    """One endpoint's pages for the window, and the IngestFailure that stopped it (or
+    None). Pages fetched before a failure are returned too."""
+    pages, failure = [], None
+    walk = pool.paginate(
+        target, page_fetcher(endpoint, since, until, breaker, limit), style="page", max_pages=settings.USAGE_MAX_PAGES
+    )
+    try:
+        async with aclosing(walk) as replies:
+            async for reply in replies:
+                breaker.record(reply.outcome, timezone.now())
+                if reply.outcome != Outcome.OK or not is_page(reply.body):
+                    failure = failure_from_reply(endpoint, reply)
+                    failure.oversized = is_oversized(reply)
+                    break
+                pages.append(reply.body)
+    except PaginationError as e:
+        failure = IngestFailure("pagination_error", upstream.scrub(f"{endpoint}: {e}"), endpoint=endpoint)
+    except CircuitOpen as e:
+        failure = IngestFailure(
+            Outcome.SKIPPED_CIRCUIT_OPEN, f"{endpoint}: the circuit for {e} is open.", endpoint=endpoint
+        )
+    return pages, failure
+
+
+async def fetch_all(target, since, until, breaker, endpoints):
+    """Every endpoint's pages for the window, in order, as [(endpoint, [body, …]), …], and
+    the IngestFailure that stopped it (None if none did). Pages fetched before a failure
+    are returned too. Never raises for upstream trouble.
+
+    A page too big for the pool's response cap is asked for again with half as many
+    buckets per page (the endpoint starts over), down to one day per page; a single day
+    still too big is a failure."""
+    fetched, failure = [], None
+    async with upstream.Pool(max_body_bytes=settings.USAGE_MAX_BODY_BYTES) as pool:
+        days = max(-(-(until - since) // timedelta(days=1)), 1)
+        for endpoint in endpoints:
+            limit = min(PAGE_LIMIT, days)
+            while True:
+                pages, failure = await fetch_endpoint(pool, target, endpoint, since, until, breaker, limit)
+                if failure is None or not failure.oversized or limit == 1:
+                    break
+                limit //= 2
+            fetched.append((endpoint, pages))
+            if failure is not None:
+                break
+    return fetched, failure
+
+
+# --- rows -------------------------------------------------------------------------------
+def _ts(value):
+    return datetime.fromtimestamp(value, tz=UTC)
+
+
+def _id(value, length=100):
+    return str(value)[:length] if value not in (None, "") else ""
+
+
+def _count(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+def to_amount(value):
+    """The API's float amount as a Decimal with CostBucket's precision (0 if absent):
+    the same float always gives the same Decimal, so a re-read compares equal."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return Decimal(0)
+    try:
+        return Decimal(repr(value) if isinstance(value, float) else str(value)).quantize(AMOUNT_PLACES)
+    except InvalidOperation:
+        return Decimal(0)
+
+
+class Directory:
+    """Upstream id → local project / key, for one organization."""
+
+    def __init__(self, organization):
+        self.projects = dict(organization.projects.exclude(openai_project_id="").values_list("openai_project_id", "pk"))
+        # Newest registration wins when (against advice) one upstream id is registered twice.
+        self.keys = dict(
+            ApiKey.objects.filter(organization=organization)
+            .exclude(upstream_key_id="")
+            .order_by("created")
+            .values_list("upstream_key_id", "pk")
+        )
+
+    def project(self, upstream_id):
+        return self.projects.get(upstream_id) if upstream_id else None
+
+    def key(self, upstream_id):
+        return self.keys.get(upstream_id) if upstream_id else None
+
+
+def usage_rows(organization, endpoint, pages, directory, now):
+    """UsageBucket rows (unsaved) for the pages of one endpoint, and the bucket count."""
+    rows, buckets = [], 0
+    for page in pages:
+        for bucket in page["data"]:
+            buckets += 1
+            start, end = _ts(bucket["start_time"]), _ts(bucket["end_time"])
+            for r in bucket["results"]:
+                project_id, key_id = _id(r.get("project_id")), _id(r.get("api_key_id"))
+                counts = {name: _count(r.get(name)) for name in UsageBucket.COUNTS}
+                if counts["num_sessions"] is None:
+                    counts["num_sessions"] = _count(r.get("sessions"))  # the spec's older name
+                rows.append(
+                    UsageBucket(
+                        organization=organization,
+                        endpoint=endpoint,
+                        start_time=start,
+                        end_time=end,
+                        upstream_project_id=project_id,
+                        upstream_key_id=key_id,
+                        upstream_user_id=_id(r.get("user_id")),
+                        model=_id(r.get("model"), 200),
+                        project_id=directory.project(project_id),
+                        key_id=directory.key(key_id),
+                        ingested_at=now,
+                        **counts,
+                    )
+                )
+    return rows, buckets
+
+
+def cost_rows(organization, pages, directory, now):
+    rows, buckets = [], 0
+    for page in pages:
+        for bucket in page["data"]:
+            buckets += 1
+            start, end = _ts(bucket["start_time"]), _ts(bucket["end_time"])
+            for r in bucket["results"]:
+                project_id, key_id = _id(r.get("project_id")), _id(r.get("api_key_id"))
+                amount = r.get("amount") if isinstance(r.get("amount"), dict) else {}
+                rows.append(
+                    CostBucket(
+                        organization=organization,
+                        start_time=start,
+                        end_time=end,
+                        upstream_project_id=project_id,
+                        upstream_key_id=key_id,
+                        line_item=_id(r.get("line_item"), 200),
+                        amount=to_amount(amount.get("value")),
+                        currency=_id(amount.get("currency"), 10).lower() or "usd",
+                        project_id=directory.project(project_id),
+                        key_id=directory.key(key_id),
+                        ingested_at=now,
+                    )
+                )
+    return rows, buckets
+
+
+def _column(name):
+    """The attribute holding a field's value: the id for a foreign key."""
+    return f"{name}_id" if name in ("organization", "project", "key") else name
+
+
+def _row_values(row, names):
+    return tuple(getattr(row, _column(name)) for name in names)
+
+
+def upsert(model, organization, rows, scope=None):
+    """Write `rows` (unsaved instances of `model`, all of `organization`) on their natural
+    key. Returns Counts(created, updated, unchanged). Only rows that are new or differ are
+    sent, in one bulk INSERT … ON CONFLICT DO UPDATE per batch (PostgreSQL and SQLite),
+    so a re-read writes nothing and two runs at once cannot duplicate a row."""
+    counts = Counts(results=len(rows))
+    if not rows:
+        return counts
+    # One row per natural key (a misbehaving API could repeat one; the last wins).
+    by_key = {}
+    for row in rows:
+        by_key[_row_values(row, model.NATURAL_KEY)] = row
+    natural_names = [_column(n) for n in model.NATURAL_KEY]
+    value_names = [_column(n) for n in model.VALUES]
+    existing = {}
+    starts = {row.start_time for row in by_key.values()}
+    query = model.objects.filter(organization=organization, start_time__in=starts, **(scope or {}))
+    for values in query.values(*natural_names, *value_names).iterator(chunk_size=5000):
+        existing[tuple(values[n] for n in natural_names)] = tuple(values[n] for n in value_names)
+    write = []
+    for nk, row in by_key.items():
+        old = existing.get(nk)
+        if old is None:
+            counts.created += 1
+            write.append(row)
+        elif old != _row_values(row, model.VALUES):
+            counts.updated += 1
+            write.append(row)
+        else:
+            counts.unchanged += 1
+    counts.unchanged += len(rows) - len(by_key)
+    if write:
+        model.objects.bulk_create(
+            write,
+            update_conflicts=True,
+            unique_fields=list(model.NATURAL_KEY),
+            update_fields=[*model.VALUES, "ingested_at"],
+            batch_size=1000,
+        )
+    return counts
+
+
+def mark_keys_used(rows):
+    """Each key's last_used_at: the newest bucket end with requests for it among `rows`,
+    never earlier than what it already holds. Returns how many keys moved."""
+    newest = {}
+    for row in rows:
+        if row.key_id and (row.num_model_requests or 0) > 0:
+            newest[row.key_id] = max(newest.get(row.key_id, row.end_time), row.end_time)
+    by_time = defaultdict(list)
+    for key_id, at in newest.items():
+        by_time[at].append(key_id)
+    moved = 0
+    for at, key_ids in by_time.items():
+        moved += ApiKey.objects.filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=at), pk__in=key_ids).update(
+            last_used_at=at
+        )
+    return moved
+
+
+def store(organization, fetched, now):
+    """Upsert what was fetched; returns {endpoint: Counts}."""
+    directory = Directory(organization)
+    result = {}
+    for endpoint, pages in fetched:
+        with transaction.atomic():
+            if endpoint == COSTS:
+                rows, buckets = cost_rows(organization, pages, directory, now)
+                counts = upsert(CostBucket, organization, rows)
+            else:
+                rows, buckets = usage_rows(organization, endpoint, pages, directory, now)
+                counts = upsert(UsageBucket, organization, rows, scope={"endpoint": endpoint})
+                mark_keys_used(rows)
+        counts.buckets = buckets
+        result[str(endpoint)] = counts
+    return result
+
+
+# --- one organization -----------------------------------------------------------------
+def admin_key_of(organization):
+    """The organization's active admin key (the newest), or None."""
+    return (
+        ApiKey.objects.filter(organization=organization, kind=Kind.ADMIN, revoked_at__isnull=True)
+        .select_related("organization")
+        .order_by("-created")
+        .first()
+    )
+
+
+def organizations_with_admin_keys():
+    return Organization.objects.filter(
+        pk__in=ApiKey.objects.filter(kind=Kind.ADMIN, revoked_at__isnull=True).values("organization_id")
+    ).order_by("name")
+
+
+def state_of(organization):
+    return IngestState.objects.get_or_create(organization=organization)[0]
+
+
+def ingest_organization(organization, since, until, now=None, endpoints=None):
+    """Ingest [since, until) for one organization and record the outcome on its
+    IngestState. Returns a Summary; never raises for upstream trouble (the failure is in
+    `summary.failed[slug]` and on the state). Raises ValueError if it has no active
+    admin key."""
+    now = now or timezone.now()
+    key = admin_key_of(organization)
+    if key is None:
+        raise ValueError(f"Organization “{organization.slug}” has no active admin key.")
+    state = state_of(organization)
+    state.last_attempt_at = now
+    summary = Summary()
+    host = upstream.host_of(key.provider, key.base_url, key.azure_endpoint)
+    breakers = Breakers.load({host}, now=now)
+    fetched, failure = [], None
+    try:
+        secret = key.reveal_secret()
+        try:
+            fetched, failure = asyncio.run(
+                fetch_all(target_for(key, secret), since, until, breakers[host], endpoints or [*ENDPOINTS, COSTS])
+            )
+        finally:
+            del secret
+    except crypto.DecryptionError as e:
+        failure = IngestFailure(Outcome.DECRYPTION_FAILED, str(e)[:500])
+    finally:
+        # Whatever happened, what this run saw of the host (or a trial it won and never
+        # sent) goes back to the shared circuit.
+        breakers.save(now=timezone.now())
+    for name, counts in store(organization, fetched, now).items():
+        summary.endpoints[name].add(counts)
+    if failure is None:
+        record_success(state, until, now)
+        summary.succeeded.append(organization.slug)
+    else:
+        record_failure(state, failure, now, open_until=breakers[host].open_until)
+        summary.failed[organization.slug] = f"{failure.outcome}: {failure.message}"
+    return summary
+
+
+def record_success(state, until, now):
+    state.last_success_at = now
+    state.synced_until = max(state.synced_until or until, until)
+    state.last_outcome = Outcome.OK
+    state.last_error = ""
+    state.consecutive_failures = 0
+    state.next_attempt_at = None
+    state.save()
+
+
+def record_failure(state, failure, now, open_until=None):
+    """The organization's failure, on its state: a scrubbed message and the next attempt
+    (backoff; after retry-after; after the circuit's cool-down when it is open)."""
+    state.consecutive_failures += 1
+    state.last_outcome = failure.outcome[:30]
+    state.last_error = upstream.scrub(failure.message)
+    at = now + state.backoff(failure.retry_after, RETRY_BASE_SECONDS, RETRY_MAX_SECONDS)
+    if failure.outcome == Outcome.SKIPPED_CIRCUIT_OPEN and open_until:
+        at = max(at, open_until)
+    state.next_attempt_at = at
+    state.save()
+    log.warning("usage ingest of %s failed: %s", state.organization.slug, state.last_error)
+
+
+def ingest_safely(organization, since, until, now):
+    """ingest_organization, with the console's own exceptions recorded on the state as
+    an `error` (its next attempt pushed forward) instead of raised: one organization's
+    trouble never stops the others."""
+    try:
+        return ingest_organization(organization, since, until, now=now)
+    except Exception as e:  # noqa: BLE001 — one organization's trouble is its own
+        failure = IngestFailure(Outcome.ERROR, upstream.scrub(f"{type(e).__name__}: {e}"))
+        # The scrubbed message only: a traceback could carry what an exception held.
+        record_failure(state_of(organization), failure, now)
+        summary = Summary()
+        summary.failed[organization.slug] = f"{failure.outcome}: {failure.message}"
+        return summary
+
+
+def run_scheduled(mode, now=None):
+    """What beat runs. mode "daily": every due organization's default window (the
+    trailing days re-read); "today": today only, except for organizations never ingested
+    or retrying after a failure (their default window). Organizations still backing off
+    (next_attempt_at in the future) are skipped."""
+    now = now or timezone.now()
+    summary = Summary()
+    for organization in organizations_with_admin_keys():
+        state = IngestState.objects.filter(organization=organization).first()
+        if state is not None and not state.is_due(now):
+            summary.skipped.append(organization.slug)
+            continue
+        if mode == "today" and state is not None and state.synced_until and not state.is_failing():
+            since, until = today_window(now)
+        else:
+            since, until = default_window(state, now)
+        summary.add(ingest_safely(organization, since, until, now))
+    return summary
