@@ -1,8 +1,10 @@
 """Admin for organizations, projects, tiers and the audit log.
 
 Registering org → project → key is one page each: the organization page has project rows
-and admin-key rows, the project page has key rows. Every change is audited (see
-keys.admin.AuditedAdmin); the audit log itself is read-only for everyone.
+and admin-key rows, the project page has key rows. The key rows and key counts come from
+the keys app, which builds on this one: keys/admin.py registers subclasses of these
+admins that add them (this module imports nothing from keys). Every change is audited (see
+accounts/audit.py); the audit log itself is read-only for everyone.
 """
 
 from django.contrib import admin
@@ -12,18 +14,22 @@ from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.views.decorators.debug import sensitive_post_parameters
 
-from keys.admin import BADGE_CSS, AdminKeyInline, AuditedAdmin, ProjectKeyInline, ReadOnlyAdmin
-from keys.models import ApiKey
+from console.admin_base import ReadOnlyAdmin
 
+from .audit import AuditedAdmin, AuditedInline
+from .forms import OrganizationForm, ProjectForm
 from .models import AuditEvent, Organization, Project, Tier
 
+BADGE_CSS = {"all": ["keys/admin.css"]}
 
-class ProjectInline(admin.TabularInline):
+
+class ProjectInline(AuditedInline, admin.TabularInline):
     """New projects can be added here; existing ones are listed read-only with a link to
     their own page (where their keys are). Editable rows would render a tier menu per
     project, which on an organization with hundreds of projects is slow and unwieldy."""
 
     model = Project
+    form = ProjectForm
     fields = ["name", "openai_project_id", "environment", "tier", "monthly_budget_usd", "rotation_policy_days"]
     extra = 1
     show_change_link = True
@@ -43,6 +49,7 @@ def count_of(model, field):
 
 @admin.register(Organization)
 class OrganizationAdmin(AuditedAdmin):
+    form = OrganizationForm
     list_display = [
         "name",
         "slug",
@@ -50,29 +57,15 @@ class OrganizationAdmin(AuditedAdmin):
         "rotation_policy_days",
         "monthly_budget_usd",
         "project_count",
-        "key_count",
     ]
     search_fields = ["name", "slug", "openai_org_id"]
-    prepopulated_fields = {"slug": ["name"]}
-    fields = [
-        "name",
-        "slug",
-        "openai_org_id",
-        "rotation_policy_days",
-        "monthly_budget_usd",
-        "alert_emails",
-        "alert_webhook_url",
-    ]
-    inlines = [ProjectInline, AdminKeyInline]
+    prepopulated_fields = {"slug": ["name"]}  # the fields are OrganizationForm's
+    inlines = [ProjectInline]
 
     def get_queryset(self, request):
-        # Two correlated counts, not two joins: joining projects and keys at once would
-        # count their product.
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(n_projects=count_of(Project, "organization"), n_keys=count_of(ApiKey, "organization"))
-        )
+        # Correlated counts, not joins: joining projects and keys (keys/admin.py adds that
+        # count) at once would count their product.
+        return super().get_queryset(request).annotate(n_projects=count_of(Project, "organization"))
 
     # Key rows carry secrets under prefixed names (api_keys-0-secret): star every POST
     # parameter in error reports.
@@ -83,10 +76,6 @@ class OrganizationAdmin(AuditedAdmin):
     @admin.display(description="projects", ordering="n_projects")
     def project_count(self, org):
         return org.n_projects
-
-    @admin.display(description="keys", ordering="n_keys")
-    def key_count(self, org):
-        return org.n_keys
 
 
 class ArchivedFilter(admin.SimpleListFilter):
@@ -120,6 +109,7 @@ def tier_mismatch_badge(project):
 
 @admin.register(Project)
 class ProjectAdmin(AuditedAdmin):
+    form = ProjectForm
     list_display = [
         "name",
         "organization",
@@ -128,7 +118,6 @@ class ProjectAdmin(AuditedAdmin):
         "tier",
         "tier_check",
         "monthly_budget_usd",
-        "key_count",
         "is_archived",
     ]
     list_select_related = ["organization", "tier"]
@@ -153,21 +142,9 @@ class ProjectAdmin(AuditedAdmin):
     class Media:
         css = BADGE_CSS
 
-    def get_queryset(self, request):
-        return super().get_queryset(request).annotate(n_keys=Count("api_keys"))
-
-    def get_inlines(self, request, obj):
-        # A key needs a saved project (ApiKey.clean requires project_id), so key rows
-        # appear once the project exists: "Save and continue editing", then add keys.
-        return [ProjectKeyInline] if obj is not None else []
-
     @method_decorator(sensitive_post_parameters())
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         return super().changeform_view(request, object_id, form_url, extra_context)
-
-    @admin.display(description="keys", ordering="n_keys")
-    def key_count(self, project):
-        return project.n_keys
 
     @admin.display(description="archived", boolean=True, ordering="archived_at")
     def is_archived(self, project):

@@ -8,6 +8,9 @@ from django.core.validators import MinValueValidator, RegexValidator, validate_e
 from django.db import models
 from django.utils.timezone import now
 
+from console import destinations
+from console.leakguard import refuse_key_shaped, refuse_unsafe_multiline_text, refuse_unsafe_text
+
 org_id_validator = RegexValidator(
     r"^org-[A-Za-z0-9]{8,64}$",
     "An OpenAI organization id looks like org-AbC123… (org- followed by letters and digits).",
@@ -56,10 +59,18 @@ class Tier(models.Model):
         return f"{self.name} ({self.requests_per_minute:,} RPM / {self.tokens_per_minute:,} TPM)"
 
 
+class OrganizationQuerySet(models.QuerySet):
+    def by_slug(self, slug):
+        """The organization with this slug, or None."""
+        return self.filter(slug=slug).first()
+
+
 class Organization(models.Model):
-    name = models.CharField(max_length=200)
-    slug = models.SlugField(max_length=100, unique=True)
-    openai_org_id = models.CharField("OpenAI organization id", max_length=80, blank=True, validators=[org_id_validator])
+    name = models.CharField(max_length=200, validators=[refuse_key_shaped, refuse_unsafe_text])
+    slug = models.SlugField(max_length=100, unique=True, validators=[refuse_key_shaped])
+    openai_org_id = models.CharField(
+        "OpenAI organization id", max_length=80, blank=True, validators=[refuse_key_shaped, org_id_validator]
+    )
     rotation_policy_days = models.PositiveIntegerField(
         default=90, validators=[at_least_one_day], help_text="Keys older than this are overdue for rotation."
     )
@@ -67,10 +78,18 @@ class Organization(models.Model):
         "monthly budget (USD)", max_digits=12, decimal_places=2, null=True, blank=True, validators=[non_negative]
     )
     alert_emails = models.TextField(
-        blank=True, validators=[validate_email_list], help_text="Comma-separated addresses for alerts."
+        blank=True,
+        validators=[refuse_key_shaped, refuse_unsafe_multiline_text, validate_email_list],
+        help_text="Comma-separated addresses for alerts.",
     )
-    alert_webhook_url = URLField(blank=True)
+    alert_webhook_url = URLField(
+        blank=True,
+        validators=[refuse_key_shaped, refuse_unsafe_text, destinations.validate_webhook_url],
+        help_text="https:// only; a public host, or one on CONSOLE_ALLOWED_WEBHOOK_HOSTS.",
+    )
     created = models.DateTimeField(default=now)
+
+    objects = OrganizationQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
@@ -89,6 +108,9 @@ class Organization(models.Model):
     def alert_email_list(self):
         return split_emails(self.alert_emails)
 
+    def audit_details(self):
+        return {"slug": self.slug}
+
 
 class Environment(models.TextChoices):
     PRODUCTION = "production", "Production"
@@ -97,11 +119,18 @@ class Environment(models.TextChoices):
     RESEARCH = "research", "Research"
 
 
+class ProjectQuerySet(models.QuerySet):
+    def by_name_or_id(self, lookup):
+        """The project named `lookup`, or whose OpenAI id (proj_…) it is, or None. Used on
+        one organization's projects (`org.projects.by_name_or_id(…)`)."""
+        return self.filter(models.Q(name=lookup) | models.Q(openai_project_id=lookup)).first()
+
+
 class Project(models.Model):
     organization = models.ForeignKey(Organization, models.CASCADE, related_name="projects")
-    name = models.CharField(max_length=200)
+    name = models.CharField(max_length=200, validators=[refuse_key_shaped, refuse_unsafe_text])
     openai_project_id = models.CharField(
-        "OpenAI project id", max_length=80, blank=True, validators=[project_id_validator]
+        "OpenAI project id", max_length=80, blank=True, validators=[refuse_key_shaped, project_id_validator]
     )
     environment = models.CharField(max_length=20, choices=Environment.choices, default=Environment.DEVELOPMENT)
     tier = models.ForeignKey(Tier, models.PROTECT, null=True, blank=True, related_name="projects")
@@ -122,6 +151,8 @@ class Project(models.Model):
     observed_limits_at = models.DateTimeField(null=True, blank=True, editable=False)
     created = models.DateTimeField(default=now)
 
+    objects = ProjectQuerySet.as_manager()
+
     class Meta:
         ordering = ["organization__name", "name"]
         constraints = [
@@ -140,6 +171,9 @@ class Project(models.Model):
 
     def __str__(self):
         return f"{self.organization.name} / {self.name}" if self.organization_id else self.name
+
+    def audit_details(self):
+        return {"organization": self.organization.slug if self.organization_id else None}
 
     def effective_rotation_days(self):
         return self.rotation_policy_days or self.organization.rotation_policy_days
@@ -199,15 +233,30 @@ class AuditEvent(models.Model):
 
     @classmethod
     def record(cls, actor, action, target, **details):
-        """Append an event. `actor` is a User or a label such as "cli:add_key"."""
+        """Append an event. `actor` is a User or a label such as "cli:add_key". `target`
+        is a model instance, or None when there is none (a failed login for a username
+        that does not exist)."""
+        event = cls.build(actor, action, target, **details)
+        event.save()
+        return event
+
+    @classmethod
+    def record_many(cls, events):
+        """Append events made with `build`, in bulk (deleting an organization audits every
+        key it takes along: thousands of rows)."""
+        return cls.objects.bulk_create(events, batch_size=1000)
+
+    @classmethod
+    def build(cls, actor, action, target, **details):
+        """An unsaved event; see `record`."""
         user = actor if getattr(actor, "pk", None) and hasattr(actor, "get_username") else None
         label = user.get_username() if user else str(actor or "system")
-        return cls.objects.create(
+        return cls(
             actor=user,
             actor_label=label,
             action=action,
-            target_type=target._meta.model_name,
-            target_id=str(target.pk),
-            target_repr=str(target)[:300],
+            target_type=target._meta.model_name if target is not None else "",
+            target_id=str(target.pk) if target is not None else "",
+            target_repr=str(target)[:300] if target is not None else "",
             details=details,
         )

@@ -25,7 +25,7 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[:
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "console.apps.ConsoleAdminConfig",  # the admin, on console.admin_site.ConsoleAdminSite
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -35,17 +35,27 @@ INSTALLED_APPS = [
     "keys",
     "usage",
     "sandbox",
+    # Login hardening (see "Login and sessions" below).
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
+    "axes",
+    "csp",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as axes asks: it turns a lockout flagged during the request into the response.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "console.urls"
@@ -106,6 +116,60 @@ WHITENOISE_USE_FINDERS = DEBUG
 
 LOGIN_URL = "admin:login"
 
+# --- Login and sessions (console/admin_site.py, accounts/two_factor.py, accounts/signals.py)
+# The lockout backend first: it refuses a locked-out username or address before any
+# password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+LOGIN_REDIRECT_URL = "admin:index"
+LOGOUT_REDIRECT_URL = "admin:login"
+# Failed logins per username and (separately) per client address before that username or
+# address is locked out; failures are forgotten a cool-off time after the last one.
+AXES_FAILURE_LIMIT = env.int("CONSOLE_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("CONSOLE_LOGIN_COOLOFF_MINUTES", default=15) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# Not reset by a successful login: axes would also clear the address's failures, so anyone
+# with an account could wipe the count between guesses at other usernames.
+AXES_RESET_ON_SUCCESS = False
+# Unknown usernames are counted under a keyed hash: an API key pasted into the username
+# box never reaches the attempts table or the log.
+AXES_USERNAME_CALLABLE = "accounts.signals.lockout_username"
+AXES_LOCKOUT_CALLABLE = "console.admin_site.lockout_response"
+AXES_ENABLE_ADMIN = True
+# Behind a reverse proxy every request comes from the proxy: say how many proxies append
+# to X-Forwarded-For, or the per-address lockout would lock out everyone at once.
+CONSOLE_LOGIN_PROXY_COUNT = env.int("CONSOLE_LOGIN_PROXY_COUNT", default=0)
+if CONSOLE_LOGIN_PROXY_COUNT:
+    AXES_IPWARE_PROXY_COUNT = CONSOLE_LOGIN_PROXY_COUNT
+    AXES_IPWARE_META_PRECEDENCE_ORDER = ("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR")
+    AXES_IPWARE_PROXY_ORDER = "right-most"
+# Everyone must enrol a TOTP device before using the admin. Off: only users who enrolled
+# one give a token at login.
+CONSOLE_REQUIRE_2FA = env.bool("CONSOLE_REQUIRE_2FA", default=False)
+OTP_TOTP_ISSUER = env.str("CONSOLE_2FA_ISSUER", default="OpenAI console")
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True  # device admin pages never show a TOTP seed
+# Sessions end after this long without a request, and (by default in production) when
+# the browser closes.
+CONSOLE_SESSION_IDLE_MINUTES = env.int("CONSOLE_SESSION_IDLE_MINUTES", default=480)
+SESSION_COOKIE_AGE = CONSOLE_SESSION_IDLE_MINUTES * 60
+SESSION_SAVE_EVERY_REQUEST = True
+SESSION_EXPIRE_AT_BROWSER_CLOSE = env.bool("SESSION_EXPIRE_AT_BROWSER_CLOSE", default=not DEBUG)
+# Scripts, styles and images from this origin only; no inline script, no framing.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
+
 # --- Security (production values come from the environment; see .env.production.example)
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
 SECURE_PROXY_SSL_HEADER = (
@@ -120,6 +184,13 @@ SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+
+# --- Error reports (console/error_reports.py): secrets are cleansed from the DEBUG 500 page
+# and error e-mails even with DEBUG=true (Django's own filter only cleanses without DEBUG).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "console.error_reports.SecretSafeExceptionReporterFilter"
+DEFAULT_EXCEPTION_REPORTER = "console.error_reports.SecretSafeExceptionReporter"
+# Forms never re-display a key-shaped value typed into the wrong field (console/leakguard.py).
+FORM_RENDERER = "console.leakguard.GuardedFormRenderer"
 
 # --- Encryption at rest (keys/crypto.py). Newest first: "v2:<base64>,v1:<base64>".
 CONSOLE_ENCRYPTION_KEYS = env.list("CONSOLE_ENCRYPTION_KEYS", default=[])
@@ -160,6 +231,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_in": str(CELERY_BROKER_DIR / "out"),
         "data_folder_out": str(CELERY_BROKER_DIR / "out"),
         "processed_folder": str(CELERY_BROKER_DIR / "processed"),
+        # Broadcast (pidbox) exchanges; kombu's default is ./control in the working directory.
+        "control_folder": str(CELERY_BROKER_DIR / "control"),
         "store_processed": False,
     }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -174,6 +247,17 @@ UPSTREAM_READ_TIMEOUT = env.float("UPSTREAM_READ_TIMEOUT", default=10.0)
 UPSTREAM_MAX_CONNECTIONS = env.int("UPSTREAM_MAX_CONNECTIONS", default=100)
 AZURE_DEFAULT_API_VERSION = env.str("AZURE_DEFAULT_API_VERSION", default="2024-10-21")
 
+# --- Where secrets and alerts may be sent (console/destinations.py)
+# Hosts a key may be sent to: names, "*.domain" wildcards (subdomains only), or exact
+# "host:port" / "127.0.0.1:8100" / "[::1]:8100" entries (may be internal; plain http only for
+# a listed loopback IP with its port). Set by the operator only; admins cannot widen it.
+CONSOLE_ALLOWED_API_HOSTS = env.list(
+    "CONSOLE_ALLOWED_API_HOSTS",
+    default=["api.openai.com", "*.openai.azure.com", "*.cognitiveservices.azure.com"],
+)
+# Hosts alert webhooks may be sent to, same syntax; empty: any host with public addresses.
+CONSOLE_ALLOWED_WEBHOOK_HOSTS = env.list("CONSOLE_ALLOWED_WEBHOOK_HOSTS", default=[])
+
 # --- Probe sweep (keys/probe.py, keys/sweep.py)
 PROBE_INTERVAL_SECONDS = env.int("PROBE_INTERVAL_SECONDS", default=3600)
 PROBE_SWEEP_EVERY_SECONDS = env.int("PROBE_SWEEP_EVERY_SECONDS", default=60)
@@ -186,10 +270,28 @@ PROBE_BACKOFF_MAX_SECONDS = env.float("PROBE_BACKOFF_MAX_SECONDS", default=8.0)
 PROBE_PROJECT_RPM_SHARE = env.float("PROBE_PROJECT_RPM_SHARE", default=0.1)
 # How long a probe may wait for its project's limiter before it is deferred.
 PROBE_LIMITER_MAX_WAIT_SECONDS = env.float("PROBE_LIMITER_MAX_WAIT_SECONDS", default=5.0)
+# A claimed key is leased to its batch for this long. It must outlast the broker's
+# redelivery of an unacknowledged batch (visibility timeout + the task's time limit), or
+# a batch whose worker died would be claimed again by a sweep (a new slot) AND
+# redelivered: two probes. Derived from the Celery settings; check keys.E010 enforces it.
+PROBE_LEASE_SECONDS = env.int(
+    "PROBE_LEASE_SECONDS", default=CELERY_VISIBILITY_TIMEOUT + CELERY_TASK_TIME_LIMIT + 5 * 60
+)
 # Probe results older than this are deleted daily; each key keeps its last outcome.
 PROBE_RESULTS_KEEP_DAYS = env.int("PROBE_RESULTS_KEEP_DAYS", default=30)
 CIRCUIT_FAILURE_THRESHOLD = env.int("CIRCUIT_FAILURE_THRESHOLD", default=5)
 CIRCUIT_COOLDOWN_SECONDS = env.int("CIRCUIT_COOLDOWN_SECONDS", default=60)
+
+# --- Usage and costs ingestion (usage/ingest.py)
+# Days re-read on every run: the Usage and Costs APIs report late.
+USAGE_TRAILING_DAYS = env.int("USAGE_TRAILING_DAYS", default=3)
+# Pages one endpoint may return in one run before ingestion stops with an error.
+USAGE_MAX_PAGES = env.int("USAGE_MAX_PAGES", default=1000)
+# Days read on an organization's first ingest.
+USAGE_BACKFILL_DAYS = env.int("USAGE_BACKFILL_DAYS", default=30)
+# Largest usage or costs page read (bytes). A day of 1,000 keys × 3 models is ~1 MB of JSON;
+# probes keep their own 256 KiB cap (console.upstream.MAX_BODY_BYTES).
+USAGE_MAX_BODY_BYTES = env.int("USAGE_MAX_BODY_BYTES", default=64 * 1024 * 1024)
 
 # --- Sandbox API (sandbox/)
 SANDBOX_PORT = env.int("SANDBOX_PORT", default=8100)
@@ -204,5 +306,7 @@ LOGGING = {
         # httpx2 logs every request line at INFO; keep it quiet.
         "httpx2": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
+        # axes logs every login attempt at INFO (masked); the audit log already has them.
+        "axes": {"level": "WARNING"},
     },
 }

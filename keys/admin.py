@@ -2,20 +2,21 @@
 
 Secrets: the key form (keys.forms.ApiKeyForm) is write-only, the secret POST parameter is
 starred in error reports, lookups and searches never touch the ciphertext or the
-fingerprint, and audit events carry only the hint, ids and field names.
-
-The key inlines (ProjectKeyInline, AdminKeyInline) and the audit helpers live here so
-accounts/admin.py can reuse them without keys depending on accounts' admin.
+fingerprint (ApiKey.secret_fields, enforced by console.admin_base.GuardedAdmin), and
+audit events carry only hints, ids and field values (accounts.audit).
 """
 
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.utils.timezone import now
 from django.views.decorators.debug import sensitive_post_parameters
 
-from accounts.models import AuditEvent, Project
+from accounts import admin as accounts_admin
+from accounts.audit import AuditedAdmin, AuditedInline
+from accounts.models import AuditEvent, Organization, Project
+from console.admin_base import ReadOnlyAdmin, badge
 from console.upstream import Outcome
 
 from . import tasks
@@ -23,18 +24,6 @@ from .forms import ApiKeyForm
 from .models import ApiKey, Circuit, CircuitState, Kind, ProbeResult
 
 BADGE_CSS = {"all": ["keys/admin.css"]}
-
-# Fields no admin lookup, filter or search may touch: filtering on them would let anyone
-# with view rights test guesses against the stored secret.
-SECRET_FIELDS = {"secret_ciphertext", "fingerprint"}
-
-# Audit action prefix per model; the rest use their model name.
-AUDIT_NAMES = {"apikey": "key"}
-
-
-# --- badges -----------------------------------------------------------------------
-def badge(css, label):
-    return format_html('<span class="state {}">{}</span>', css, label)
 
 
 def outcome_badge(outcome):
@@ -52,123 +41,13 @@ def outcome_badge(outcome):
 CIRCUIT_BADGES = {CircuitState.CLOSED: "ok", CircuitState.OPEN: "failing", CircuitState.HALF_OPEN: "warn"}
 
 
-# --- audit ------------------------------------------------------------------------
-def audit_name(obj):
-    name = obj._meta.model_name
-    return AUDIT_NAMES.get(name, name)
-
-
-def save_key(request, key, form, adding):
-    """Save a key edited in `form` (ApiKeyAdmin's form or an inline row) and record it.
-
-    A new key, or a replaced secret, is made due for its first probe. The audit details
-    hold the hint, kind, provider, ids and changed field names, never the secret."""
-    replaced = not adding and form.secret_changed()
-    if replaced:
-        key.rotated_at = now()
-    key.save()
-    if adding:
-        AuditEvent.record(
-            request.user,
-            "key.created",
-            key,
-            hint=key.hint,
-            kind=key.kind,
-            provider=key.provider,
-            project=key.project_id,
+def probe_queued_message(queued, asked):
+    if asked and not queued:
+        return (
+            f"No worker queue answered: the {asked} key(s) stay due and will be probed by the next sweep; "
+            "results appear under “Last probe”."
         )
-        key.schedule_first_probe()
-        return
-    if replaced:
-        AuditEvent.record(request.user, "key.secret_replaced", key, hint=key.hint)
-        key.schedule_first_probe()
-    changed = [name for name in form.changed_data if name != "secret"]
-    if changed:
-        AuditEvent.record(request.user, "key.updated", key, fields=changed)
-
-
-def save_audited(request, obj, form, adding):
-    """Save `obj` from `form` and record "<model>.created" or "<model>.updated"."""
-    if isinstance(obj, ApiKey):
-        return save_key(request, obj, form, adding)
-    obj.save()
-    if adding:
-        AuditEvent.record(request.user, f"{audit_name(obj)}.created", obj)
-    elif form.changed_data:
-        AuditEvent.record(request.user, f"{audit_name(obj)}.updated", obj, fields=form.changed_data)
-
-
-def record_deletion(request, obj):
-    """Record "<model>.deleted"; call it before the row is gone (it needs the pk)."""
-    details = {"hint": obj.hint} if isinstance(obj, ApiKey) else {}
-    AuditEvent.record(request.user, f"{audit_name(obj)}.deleted", obj, **details)
-
-
-def refuses_lookup(lookup):
-    return bool(SECRET_FIELDS.intersection(lookup.split("__")))
-
-
-class GuardedAdmin(admin.ModelAdmin):
-    """Refuses lookups on secret fields, and answers 403 to an action the user may not
-    run (Django would otherwise ignore it and show the list again)."""
-
-    def lookup_allowed(self, lookup, value, request=None):
-        if refuses_lookup(lookup):
-            return False
-        return super().lookup_allowed(lookup, value, request)
-
-    def changelist_view(self, request, extra_context=None):
-        action = request.POST.get("action") if request.method == "POST" else None
-        if action and action not in self.get_actions(request):
-            raise PermissionDenied
-        return super().changelist_view(request, extra_context)
-
-
-class AuditedAdmin(GuardedAdmin):
-    """Records every create, update and delete made through this admin, its inlines and
-    its bulk delete action, as AuditEvents."""
-
-    def save_model(self, request, obj, form, change):
-        save_audited(request, obj, form, adding=not change)
-
-    def save_formset(self, request, form, formset, change):
-        formset.save(commit=False)  # sorts rows into new/changed/deleted without writing
-        for obj in formset.deleted_objects:
-            record_deletion(request, obj)
-            obj.delete()
-        for row in formset.saved_forms:
-            save_audited(request, row.instance, row, adding=row.instance._state.adding)
-        formset.save_m2m()
-
-    def delete_model(self, request, obj):
-        record_deletion(request, obj)
-        super().delete_model(request, obj)
-
-    def delete_queryset(self, request, queryset):
-        for obj in queryset:
-            record_deletion(request, obj)
-        super().delete_queryset(request, queryset)
-
-    def get_deleted_objects(self, objs, request):
-        # Probe results are a key's history, written by probes only (nobody has delete
-        # rights on them): they go with their key instead of blocking its deletion.
-        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
-        perms_needed.discard(ProbeResult._meta.verbose_name)
-        return deleted, counts, perms_needed, protected
-
-
-class ReadOnlyAdmin(GuardedAdmin):
-    """Rows written by the system (audit events, probe results): everyone with view
-    rights may look, nobody, not even a superuser, may add, change or delete."""
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
+    return f"Queued a probe for {queued} key(s); results appear under “Last probe”."
 
 
 # --- inlines ------------------------------------------------------------------------
@@ -196,18 +75,18 @@ class AdminKeyForm(ApiKeyForm):
         self.instance.kind = Kind.ADMIN
 
 
-class ProjectKeyInline(admin.TabularInline):
+class ProjectKeyInline(AuditedInline, admin.TabularInline):
     model = ApiKey
     form = ProjectKeyForm
     fk_name = "project"
-    fields = ["name", "kind", "provider", "secret", "hint", "owner", "expires_at"]
+    fields = ["name", "kind", "provider", "secret", "hint", "azure_endpoint", "owner", "expires_at"]
     readonly_fields = ["hint"]
     extra = 1
     show_change_link = True
     verbose_name_plural = "API keys (leave the secret blank to keep it)"
 
 
-class AdminKeyInline(admin.TabularInline):
+class AdminKeyInline(AuditedInline, admin.TabularInline):
     model = ApiKey
     form = AdminKeyForm
     fk_name = "organization"
@@ -220,6 +99,43 @@ class AdminKeyInline(admin.TabularInline):
 
     def get_queryset(self, request):
         return super().get_queryset(request).filter(kind=Kind.ADMIN)
+
+
+# --- the organization and project pages, with their keys ----------------------------
+# accounts/admin.py knows nothing of keys (it is the floor below); these subclasses add
+# the key rows and key counts to its pages.
+admin.site.unregister(Organization)
+admin.site.unregister(Project)
+
+
+@admin.register(Organization)
+class OrganizationAdmin(accounts_admin.OrganizationAdmin):
+    list_display = [*accounts_admin.OrganizationAdmin.list_display, "key_count"]
+    inlines = [*accounts_admin.OrganizationAdmin.inlines, AdminKeyInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(n_keys=accounts_admin.count_of(ApiKey, "organization"))
+
+    @admin.display(description="keys", ordering="n_keys")
+    def key_count(self, org):
+        return org.n_keys
+
+
+@admin.register(Project)
+class ProjectAdmin(accounts_admin.ProjectAdmin):
+    list_display = [*accounts_admin.ProjectAdmin.list_display[:-1], "key_count", "is_archived"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(n_keys=accounts_admin.count_of(ApiKey, "project"))
+
+    def get_inlines(self, request, obj):
+        # A key needs a saved project (ApiKey.clean requires project_id), so key rows
+        # appear once the project exists: "Save and continue editing", then add keys.
+        return [ProjectKeyInline] if obj is not None else []
+
+    @admin.display(description="keys", ordering="n_keys")
+    def key_count(self, project):
+        return project.n_keys
 
 
 # --- API keys -------------------------------------------------------------------------
@@ -275,8 +191,9 @@ class ApiKeyAdmin(AuditedAdmin):
         "consecutive_failures",
     ]
     list_select_related = ["organization", "project"]
+    ordering = ["organization__name", "project__name", "name"]
     list_filter = ["provider", "kind", "organization", StatusFilter, LastProbeFilter]
-    # Never secret_ciphertext or fingerprint (see SECRET_FIELDS).
+    # Never secret_ciphertext or fingerprint (ApiKey.secret_fields).
     search_fields = ["name", "hint", "owner", "upstream_key_id", "project__name", "organization__name"]
     actions = ["probe_selected", "revoke_selected"]
     fieldsets = [
@@ -284,7 +201,17 @@ class ApiKeyAdmin(AuditedAdmin):
         ("Endpoint", {"fields": ["base_url", "azure_endpoint", "azure_api_version"], "classes": ["collapse"]}),
         (
             "Ownership and lifetime",
-            {"fields": ["upstream_key_id", "owner", "issued_at", "rotated_at", "expires_at", "revoked_at"]},
+            {
+                "fields": [
+                    "upstream_key_id",
+                    "owner",
+                    "issued_at",
+                    "rotated_at",
+                    "expires_at",
+                    "revoked_at",
+                    "last_used_at",
+                ]
+            },
         ),
         (
             "Last probe",
@@ -295,6 +222,7 @@ class ApiKeyAdmin(AuditedAdmin):
         "hint",
         "rotated_at",
         "revoked_at",
+        "last_used_at",
         "last_probe",
         "last_probe_at",
         "last_success_at",
@@ -341,17 +269,29 @@ class ApiKeyAdmin(AuditedAdmin):
     def last_probe(self, key):
         return outcome_badge(key.last_probe_outcome)
 
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+
+        def say_if_not_queued():
+            # Runs after the form's own on-commit enqueue, which sets first_probe_queued.
+            if form.first_probe_queued is False:
+                self.message_user(request, probe_queued_message(0, 1), messages.WARNING)
+
+        transaction.on_commit(say_if_not_queued)
+
     @admin.action(description="Probe now", permissions=["change"])
     def probe_selected(self, request, queryset):
-        queued = tasks.enqueue_probes(list(queryset.filter(revoked_at__isnull=True).values_list("pk", flat=True)))
-        self.message_user(request, f"Queued a probe for {queued} key(s); results appear under “Last probe”.")
+        key_ids = list(queryset.active().values_list("pk", flat=True))
+        queued = tasks.enqueue_probes(key_ids)
+        level = messages.INFO if queued or not key_ids else messages.WARNING
+        self.message_user(request, probe_queued_message(queued, len(key_ids)), level)
 
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_selected(self, request, queryset):
-        keys = list(queryset.filter(revoked_at__isnull=True))
+        keys = list(queryset.active())
         ApiKey.objects.filter(pk__in=[k.pk for k in keys]).update(revoked_at=now())
         for key in keys:
-            AuditEvent.record(request.user, "key.revoked", key, hint=key.hint)
+            AuditEvent.record(request.user, "key.revoked", key, **key.audit_details())
         self.message_user(request, f"Revoked {len(keys)} key(s).", messages.SUCCESS)
 
 
@@ -369,6 +309,7 @@ class ProbeResultAdmin(ReadOnlyAdmin):
         "ratelimit_remaining_tokens",
     ]
     list_select_related = ["key"]
+    ordering = ["-started_at"]
     list_filter = ["outcome"]
     search_fields = ["request_id", "client_request_id", "error_code", "key__name", "key__hint"]
     date_hierarchy = "started_at"
@@ -383,13 +324,21 @@ class ProbeResultAdmin(ReadOnlyAdmin):
 
 @admin.register(Circuit)
 class CircuitAdmin(AuditedAdmin):
+    """Circuits are opened and closed by the breaker; a person may only close one (the
+    action), never write its state by hand."""
+
     list_display = ["host", "state_badge", "consecutive_failures", "open_until", "last_outcome", "updated"]
     list_filter = ["state"]
     search_fields = ["host"]
+    ordering = ["host"]
     actions = ["close_selected"]
+    readonly_fields = ["host", "state", "consecutive_failures", "opened_at", "open_until", "last_outcome", "updated"]
 
     class Media:
         css = BADGE_CSS
+
+    def has_add_permission(self, request):
+        return False
 
     @admin.display(description="state", ordering="state")
     def state_badge(self, circuit):
@@ -398,9 +347,7 @@ class CircuitAdmin(AuditedAdmin):
     @admin.action(description="Close circuit", permissions=["change"])
     def close_selected(self, request, queryset):
         circuits = list(queryset)
-        queryset.update(
-            state=CircuitState.CLOSED, consecutive_failures=0, opened_at=None, open_until=None, updated=now()
-        )
         for circuit in circuits:
+            circuit.close(now())
             AuditEvent.record(request.user, "circuit.closed", circuit)
         self.message_user(request, f"Closed {len(circuits)} circuit(s).", messages.SUCCESS)

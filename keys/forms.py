@@ -1,14 +1,31 @@
-"""The one form that registers or edits an API key: the admin and the `add_key` command
-both use it, so both give the same validation and the same messages."""
+"""The one form that registers or edits an API key, and the one path that saves it.
+
+The admin (the key page and the key rows on project and organization pages), the
+`add_key` command and the demo loader all use ApiKeyForm and save through
+`save_and_record(actor)`: validate, encrypt, save, record the audit event, and queue the
+first probe — so all of them give the same messages and leave the same trail.
+
+Where a key is sent (provider, base URL, Azure endpoint) is part of its secret: it is
+bound into the ciphertext, and changing it requires pasting the secret again, as
+Django's change-password view asks for the old password.
+"""
 
 from django import forms
 from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils.timezone import now
 from django.views.decorators.debug import sensitive_variables
 
+from accounts.audit import AuditedForm, field_changes, record_created, record_updated
+from accounts.models import AuditEvent
+
+from . import tasks
 from .models import ApiKey
 
+REPASTE = "Changing where this key is sent requires pasting its secret again in the Secret field."
 
-class ApiKeyForm(forms.ModelForm):
+
+class ApiKeyForm(AuditedForm):
     # Write-only: never rendered back (render_value=False), blank on change keeps the
     # current secret.
     secret = forms.CharField(
@@ -40,6 +57,9 @@ class ApiKeyForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # Set by save_and_record once the transaction commits: True when a worker was
+        # asked to probe the key at once, False when the next sweep will (no broker).
+        self.first_probe_queued = None
         if "organization" in self.fields:
             self.fields["organization"].required = False
             self.fields[
@@ -55,7 +75,14 @@ class ApiKeyForm(forms.ModelForm):
             self.add_error("organization", "Choose the organization (or a project, which implies it).")
         if self.instance._state.adding and not cleaned.get("secret"):
             self.add_error("secret", "Enter the API key.")
+        if not self.instance._state.adding and not cleaned.get("secret"):
+            for name in self.destination_changes():
+                self.add_error(name if name in self.fields else None, REPASTE)
         return cleaned
+
+    def destination_changes(self):
+        """Names of the destination fields this form changes on an existing key."""
+        return [name for name in ApiKey.destination_fields if name in self.changed_data]
 
     @sensitive_variables("secret")
     def _post_clean(self):
@@ -71,3 +98,44 @@ class ApiKeyForm(forms.ModelForm):
 
     def secret_changed(self):
         return bool(self.cleaned_data.get("secret"))
+
+    def save_and_record(self, actor):
+        """Save the key and record it: "key.created", or "key.secret_replaced" and/or
+        "key.updated" with each changed field's old and new value (destination changes
+        included; the secret only as replaced). A new key or a new secret is made due and
+        its first probe queued once the transaction commits; if no broker answers, the
+        key stays due and the next sweep probes it (see `first_probe_queued`)."""
+        key = self.instance
+        adding = key._state.adding
+        replaced = not adding and self.secret_changed()
+        changes = {} if adding else field_changes(self, exclude=["secret"])
+        if replaced:
+            key.rotated_at = now()
+        key = self.save()
+        if adding:
+            record_created(actor, key)
+        else:
+            if replaced:
+                AuditEvent.record(actor, "key.secret_replaced", key, **key.audit_details())
+            record_updated(actor, key, changes, hint=key.hint)
+        if adding or replaced:
+            self.queue_first_probe(key)
+        return key
+
+    def queue_first_probe(self, key):
+        key.make_due()
+        key_id = str(key.pk)
+
+        def enqueue():
+            self.first_probe_queued = tasks.enqueue_probes([key_id]) > 0
+
+        transaction.on_commit(enqueue)
+
+
+def first_probe_message(form):
+    """What to tell a person after saving a key through `form`."""
+    if form.first_probe_queued is None:
+        return "Its first probe will be queued when this transaction commits."
+    if form.first_probe_queued:
+        return "Its first probe is queued."
+    return "No worker queue answered: its first probe will come with the next sweep."

@@ -5,10 +5,12 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models, transaction
+from django.db import models
 from django.utils.timezone import now
 
 from accounts.models import Organization, Project, URLField
+from console import destinations
+from console.leakguard import refuse_key_shaped, refuse_unsafe_text
 from console.upstream import Outcome
 
 from . import crypto, formats
@@ -37,7 +39,11 @@ ACCEPTED_FORMATS = {
 
 class ApiKeyQuerySet(models.QuerySet):
     def active(self):
+        """Keys not revoked in the console."""
         return self.filter(revoked_at__isnull=True)
+
+    def in_organization(self, organization):
+        return self.filter(organization=organization)
 
     def due_for_probe(self, now):
         """Active keys whose next probe time has come, or that were never scheduled: the
@@ -59,12 +65,23 @@ class ApiKey(models.Model):
         related_name="api_keys",
         help_text="Required for project and service-account keys; empty for admin keys.",
     )
-    name = models.CharField(max_length=200)
+    name = models.CharField(max_length=200, validators=[refuse_key_shaped, refuse_unsafe_text])
     kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.PROJECT)
     provider = models.CharField(max_length=10, choices=Provider.choices, default=Provider.OPENAI)
-    base_url = URLField("base URL", blank=True, help_text="For OpenAI-compatible endpoints; blank uses the OpenAI API.")
-    azure_endpoint = URLField(blank=True, help_text="https://<resource>.openai.azure.com")
-    azure_api_version = models.CharField(max_length=40, blank=True)
+    # Where the secret is sent: only to hosts an operator put on CONSOLE_ALLOWED_API_HOSTS
+    # (checked here, and again for every request by console/destinations.py).
+    base_url = URLField(
+        "base URL",
+        blank=True,
+        validators=[refuse_key_shaped, refuse_unsafe_text, destinations.validate_api_base_url],
+        help_text="For OpenAI-compatible endpoints on CONSOLE_ALLOWED_API_HOSTS; blank uses the OpenAI API.",
+    )
+    azure_endpoint = URLField(
+        blank=True,
+        validators=[refuse_key_shaped, refuse_unsafe_text, destinations.validate_azure_endpoint],
+        help_text="https://<resource>.openai.azure.com",
+    )
+    azure_api_version = models.CharField(max_length=40, blank=True, validators=[refuse_key_shaped, refuse_unsafe_text])
 
     # The secret: AES-256-GCM ciphertext (nonce ‖ body ‖ tag), the master-key version that
     # wrote it, an HMAC blind index for duplicates and a display hint. Never the plaintext.
@@ -73,11 +90,24 @@ class ApiKey(models.Model):
     fingerprint = models.CharField(max_length=64, editable=False)
     hint = models.CharField(max_length=40, editable=False)
 
-    upstream_key_id = models.CharField("upstream key id", max_length=100, blank=True, help_text="key_… or svc_acct_…")
-    owner = models.CharField(max_length=200, blank=True, help_text="Person or team responsible for this key.")
+    upstream_key_id = models.CharField(
+        "upstream key id",
+        max_length=100,
+        blank=True,
+        validators=[refuse_key_shaped, refuse_unsafe_text],
+        help_text="key_… or svc_acct_…",
+    )
+    owner = models.CharField(
+        max_length=200,
+        blank=True,
+        validators=[refuse_key_shaped, refuse_unsafe_text],
+        help_text="Person or team responsible for this key.",
+    )
     issued_at = models.DateTimeField(default=now)
     rotated_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
+    # Newest usage bucket end with requests for this key (usage/ingest.py); never moves back.
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(default=now)
 
@@ -90,9 +120,19 @@ class ApiKey(models.Model):
 
     objects = ApiKeyQuerySet.as_manager()
 
+    # For the shared admin machinery (console/admin_base.py, accounts/audit.py): fields no
+    # lookup, filter, search or audit record may touch; the audit log's name for this
+    # model; and that deleting an organization or project audits each key it takes along.
+    secret_fields = ("secret_ciphertext", "fingerprint")
+    audit_name = "key"
+    audit_when_cascaded = True
+    # Where the secret may be sent: bound into the ciphertext (see destination_binding).
+    destination_fields = ("provider", "base_url", "azure_endpoint")
+
     class Meta:
         verbose_name = "API key"
-        ordering = ["organization__name", "project__name", "name"]
+        # No default ordering: the sweep, the probes and the counts never need one, and at
+        # 50,000 keys an implicit ORDER BY costs. The admin and commands order explicitly.
         constraints = [
             models.UniqueConstraint(fields=["fingerprint"], name="keys_apikey_unique_fingerprint"),
             models.CheckConstraint(
@@ -124,8 +164,16 @@ class ApiKey(models.Model):
             raise ValidationError({"secret": str(e)}) from None
         self.check_format_fits(fmt)
         self.fingerprint = crypto.fingerprint(secret)
-        self.secret_ciphertext, self.secret_key_version = crypto.encrypt(secret, self.pk)
+        self.secret_ciphertext, self.secret_key_version = crypto.encrypt(
+            secret, self.pk, binding=self.destination_binding()
+        )
         self.hint = formats.hint(secret)
+
+    def destination_binding(self):
+        """The destination this key's secret may be sent to, as bound into its ciphertext:
+        provider, base URL and Azure endpoint exactly as stored. Change any of them without
+        pasting the secret again and the secret no longer decrypts (fails closed)."""
+        return "|".join(str(getattr(self, name) or "") for name in self.destination_fields)
 
     def check_format_fits(self, fmt):
         accepted = ACCEPTED_FORMATS.get((self.provider, self.kind), set())
@@ -149,7 +197,9 @@ class ApiKey(models.Model):
     def reveal_secret(self):
         """The plaintext, for the one upstream call that needs it. Raises
         crypto.DecryptionError if it cannot be decrypted (never returns ciphertext)."""
-        return crypto.decrypt(self.secret_ciphertext, self.secret_key_version, self.pk)
+        return crypto.decrypt(
+            self.secret_ciphertext, self.secret_key_version, self.pk, binding=self.destination_binding()
+        )
 
     def rewrap(self, ring=None):
         """Re-encrypt under the newest master key; returns True if it changed anything.
@@ -158,22 +208,28 @@ class ApiKey(models.Model):
         if self.secret_key_version == ring.current:
             return False
         old_version = self.secret_key_version
-        plain = crypto.decrypt(self.secret_ciphertext, old_version, self.pk, ring=ring)
-        ciphertext, version = crypto.encrypt(plain, self.pk, ring=ring)
+        binding = self.destination_binding()
+        plain = crypto.decrypt(self.secret_ciphertext, old_version, self.pk, ring=ring, binding=binding)
+        ciphertext, version = crypto.encrypt(plain, self.pk, ring=ring, binding=binding)
         n = ApiKey.objects.filter(pk=self.pk, secret_key_version=old_version).update(
             secret_ciphertext=ciphertext, secret_key_version=version
         )
         return n == 1
 
-    def schedule_first_probe(self):
-        """Make the key due now and ask a worker to probe it once the current transaction
-        commits (so the worker finds the row). If no broker answers, the next beat sweep
-        picks the key up anyway."""
-        ApiKey.objects.filter(pk=self.pk).update(next_probe_at=now())
-        from . import tasks
+    def make_due(self, when=None):
+        """Due for a probe now: the next sweep (or an immediate enqueue) picks it up."""
+        self.next_probe_at = when or now()
+        ApiKey.objects.filter(pk=self.pk).update(next_probe_at=self.next_probe_at)
 
-        key_id = str(self.pk)
-        transaction.on_commit(lambda: tasks.enqueue_probes([key_id]))
+    def audit_details(self):
+        """What the audit log says about this key besides its name: never the secret."""
+        return {
+            "hint": self.hint,
+            "kind": self.kind,
+            "provider": self.provider,
+            "project": self.project_id,
+            "organization": self.organization_id,
+        }
 
     # --- validation -------------------------------------------------------------
     def clean(self):
@@ -252,8 +308,11 @@ class ProbeResult(models.Model):
     openai_organization = models.CharField(max_length=100, blank=True)
     processing_ms = models.PositiveIntegerField(null=True, blank=True)
 
+    # A key's history: deleted with its key, never on its own (console/admin_base.py).
+    deleted_with_parent = True
+
     class Meta:
-        ordering = ["-started_at"]
+        # No default ordering on this hot table: the admin orders it itself.
         constraints = [models.UniqueConstraint(fields=["key", "slot"], name="keys_proberesult_unique_key_slot")]
         indexes = [
             # A key's history, newest first (key change page, reports).
@@ -285,7 +344,11 @@ class CircuitState(models.TextChoices):
 
 
 class Circuit(models.Model):
-    """Circuit breaker for one API host, shared by every worker."""
+    """Circuit breaker for one API host, shared by every worker. Its state changes only
+    through the breaker (keys/circuit.py) and `close()`; nobody forces one open."""
+
+    # A key the open circuit skipped is looked at again this long after open_until.
+    RECHECK_AFTER_OPEN = timedelta(seconds=1)
 
     host = models.CharField(max_length=255, unique=True)
     state = models.CharField(max_length=10, choices=CircuitState.choices, default=CircuitState.CLOSED)
@@ -300,3 +363,30 @@ class Circuit(models.Model):
 
     def __str__(self):
         return f"{self.host}: {self.get_state_display()}"
+
+    def close(self, now):
+        """Close the circuit by hand (the admin's “Close circuit”) and make the keys it
+        skipped due at `now`, so the next sweep probes them. Returns how many keys.
+
+        The keys it skipped wait until open_until (+ RECHECK_AFTER_OPEN), capped at one
+        probe interval: the active keys on this host due after `now` and up to then are
+        those, or keys that would have come due while it was open anyway."""
+        from console.upstream import host_of
+
+        open_until = self.open_until
+        Circuit.objects.filter(pk=self.pk).update(
+            state=CircuitState.CLOSED, consecutive_failures=0, open_until=None, updated=now
+        )
+        self.state, self.consecutive_failures, self.open_until, self.updated = CircuitState.CLOSED, 0, None, now
+        if open_until is None:
+            return 0
+        until = min(open_until, now + timedelta(seconds=settings.PROBE_INTERVAL_SECONDS)) + self.RECHECK_AFTER_OPEN
+        waiting = ApiKey.objects.active().filter(next_probe_at__gt=now, next_probe_at__lte=until)
+        ids = [
+            pk
+            for pk, provider, base_url, azure_endpoint in waiting.values_list(
+                "pk", "provider", "base_url", "azure_endpoint"
+            )
+            if host_of(provider, base_url, azure_endpoint) == self.host
+        ]
+        return ApiKey.objects.filter(pk__in=ids).update(next_probe_at=now)

@@ -206,7 +206,13 @@ def test_add_key_reads_the_secret_from_the_environment_and_queues_a_first_probe(
     assert_secret_absent(secret, out, err)
     event = AuditEvent.objects.get()
     assert (event.action, event.actor_label, event.target_id) == ("key.created", "cli:add_key", str(key.pk))
-    assert event.details == {"hint": formats.hint(secret), "kind": "project", "provider": "openai"}
+    assert event.details == {
+        "hint": formats.hint(secret),
+        "kind": "project",
+        "provider": "openai",
+        "project": project.pk,
+        "organization": project.organization_id,
+    }
     assert_secret_absent(secret, json.dumps(event.details), event.target_repr)
 
 

@@ -5,9 +5,11 @@ import importlib.util
 import io
 import json
 import re
+import time
 from pathlib import Path
 
 import httpx2
+import openai
 import pytest
 from django.contrib.auth.models import User
 from django.core import serializers
@@ -114,6 +116,26 @@ def test_it_registers_each_key_with_its_fault_plan(sandbox):
     assert list_models(sandbox, demo_key("research-notebook")) == 429  # out of quota
     # Revoked in the console: never registered, so the API does not know it.
     assert list_models(sandbox, demo_key("checkout-2024")) == 401
+
+
+@pytest.mark.django_db
+def test_the_demo_admin_key_reads_usage_for_the_demo_keys_and_unregistered_ids(sandbox):
+    load_demo(sandbox.root)
+    admin = demo_key("org-admin")
+    client = openai.OpenAI(admin_api_key=admin.reveal_secret(), base_url=sandbox.openai_url, max_retries=0)
+    start = int(time.time()) // 86400 * 86400 - 2 * 86400
+
+    page = client.admin.organization.usage.completions(start_time=start, group_by=["project_id", "api_key_id"])
+    costs = client.admin.organization.usage.costs(start_time=start, group_by=["project_id", "api_key_id"])
+
+    demo_keys = ApiKey.objects.filter(organization__slug="demo", provider=Provider.OPENAI).exclude(kind=Kind.ADMIN)
+    assert all(key.upstream_key_id.startswith("key_") for key in demo_keys)
+    live = {k.upstream_key_id for k in demo_keys if not k.is_revoked()}
+    projects = set(Project.objects.filter(organization__slug="demo").values_list("openai_project_id", flat=True))
+    for body in (page, costs):
+        seen = {(r.project_id, r.api_key_id) for bucket in body.data for r in bucket.results}
+        assert {key for _, key in seen} == live | {"key_DemoUnregistered01"}
+        assert {project for project, _ in seen} - projects == {"proj_DemoUnregistered01"}
 
 
 @pytest.mark.django_db

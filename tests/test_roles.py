@@ -6,6 +6,8 @@ everything and change nothing. Non-staff users and anonymous visitors are sent t
 login page. Nobody, not even a superuser, adds, changes or deletes an audit event.
 """
 
+from datetime import timedelta
+
 import pytest
 from django.contrib import admin
 from django.contrib.auth.models import User
@@ -16,6 +18,7 @@ from django.urls import reverse
 from accounts.models import AuditEvent, Organization, Project, Tier
 from keys import formats
 from keys.models import ApiKey, Circuit, CircuitState, ProbeResult
+from usage.models import CostBucket, IngestState, UsageBucket
 
 # model label → (search and filter on its changelist, expected result count, actions)
 CHANGELISTS = {
@@ -34,11 +37,26 @@ CHANGELISTS = {
     ),
     "keys.proberesult": ({"q": "req_roles_1", "outcome__exact": "ok"}, 1, ["delete_selected"]),
     "keys.circuit": ({"q": "api.openai.com", "state__exact": "open"}, 1, ["close_selected", "delete_selected"]),
+    "usage.usagebucket": (
+        {"q": "gpt-4o-mini", "endpoint__exact": "completions", "registered": "yes"},
+        1,
+        ["delete_selected"],
+    ),
+    "usage.costbucket": ({"q": "key_RolesUnknown01", "registered": "no"}, 1, ["delete_selected"]),
+    "usage.ingeststate": ({"q": "Acme", "last_outcome__exact": "ok"}, 1, ["delete_selected"]),
 }
 # What console admins may write; the rest they may only view.
 ADMIN_WRITES = {"accounts.organization", "accounts.project", "accounts.tier", "keys.apikey", "keys.circuit"}
 # What nobody may write, superusers included.
-NOBODY_WRITES = {"accounts.auditevent", "keys.proberesult"}
+NOBODY_WRITES = {
+    "accounts.auditevent",
+    "keys.proberesult",
+    "usage.usagebucket",
+    "usage.costbucket",
+    "usage.ingeststate",
+}
+# What nobody may add by hand: circuits are made by the breaker, one per API host.
+NOBODY_ADDS = {"keys.circuit"}
 
 REQUESTS = [
     ("changelist", "GET"),
@@ -74,6 +92,8 @@ def expected(role, label, view, method):
     writes = view in ("add", "delete") or method == "POST"
     if not writes:
         return 200
+    if view == "add" and label in NOBODY_ADDS:
+        return 403
     if role == "reviewer":
         return 403
     if role == "admin":
@@ -88,6 +108,29 @@ def world(admin_user, make_key):
     ProbeResult.objects.create(key=key, slot=1, outcome="ok", http_status=200, request_id="req_roles_1")
     Circuit.objects.create(host="api.openai.com", state=CircuitState.OPEN, consecutive_failures=5)
     AuditEvent.record(admin_user, "key.created", key, hint=key.hint)
+    day = key.created.replace(hour=0, minute=0, second=0, microsecond=0)
+    UsageBucket.objects.create(
+        organization=key.organization,
+        project=key.project,
+        key=key,
+        endpoint="completions",
+        start_time=day,
+        end_time=day + timedelta(days=1),
+        upstream_project_id=key.project.openai_project_id,
+        upstream_key_id="key_Roles000001",
+        model="gpt-4o-mini",
+        num_model_requests=1,
+    )
+    CostBucket.objects.create(
+        organization=key.organization,
+        start_time=day,
+        end_time=day + timedelta(days=1),
+        upstream_project_id="proj_RolesUnknown01",
+        upstream_key_id="key_RolesUnknown01",
+        line_item="gpt-4o-mini, input",
+        amount=1,
+    )
+    IngestState.objects.create(organization=key.organization, last_outcome="ok")
     return {
         "accounts.organization": key.organization,
         "accounts.project": key.project,
@@ -96,6 +139,9 @@ def world(admin_user, make_key):
         "keys.apikey": key,
         "keys.proberesult": ProbeResult.objects.get(),
         "keys.circuit": Circuit.objects.get(),
+        "usage.usagebucket": UsageBucket.objects.get(),
+        "usage.costbucket": CostBucket.objects.get(),
+        "usage.ingeststate": IngestState.objects.get(),
     }
 
 
@@ -131,7 +177,7 @@ def test_every_model_of_ours_in_the_admin_is_covered_here():
     ours = {
         f"{model._meta.app_label}.{model._meta.model_name}"
         for model in admin.site._registry
-        if model._meta.app_label in ("accounts", "keys")
+        if model._meta.app_label in ("accounts", "keys", "usage")
     }
     assert ours == set(CHANGELISTS)
 
@@ -145,11 +191,29 @@ def test_every_admin_action_of_ours_is_covered_here(rf, db):
             assert set(model_admin.get_actions(request)) <= set(CHANGELISTS[label][2]), label
 
 
+def snapshot():
+    """Everything a request could change in the world: each row of ours, every field."""
+    models = [
+        Organization,
+        Project,
+        Tier,
+        ApiKey,
+        ProbeResult,
+        Circuit,
+        AuditEvent,
+        UsageBucket,
+        CostBucket,
+        IngestState,
+    ]
+    return {m.__name__: sorted(map(repr, m.objects.order_by("pk").values())) for m in models}
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize("role, label, view, method", cases())
 def test_each_role_gets_exactly_its_rights_on_each_admin_url(client_as, world, role, label, view, method):
     client = client_as(role)
     obj = world[label]
+    before = snapshot()
     url = url_for(label, view, obj)
     if view.startswith("action:"):
         data = {"action": view.removeprefix("action:"), "_selected_action": [obj.pk], "index": "0"}
@@ -170,6 +234,9 @@ def test_each_role_gets_exactly_its_rights_on_each_admin_url(client_as, world, r
             assert "permission to delete" not in response.content.decode()
     else:
         assert response.status_code == want
+    if want in ("login", 403) or (want == 200 and method == "GET"):
+        # Refused (or only looked): the effect is nothing at all, not just a status code.
+        assert snapshot() == before
 
 
 @pytest.mark.django_db

@@ -231,7 +231,7 @@ def test_project_names_are_unique_within_an_organization(project):
 
 
 def test_organization_validators_reach_the_form_the_cli_uses(db):
-    from accounts.management.commands.add_org import OrganizationForm
+    from accounts.forms import OrganizationForm
 
     form = OrganizationForm(
         data={
@@ -253,7 +253,7 @@ def test_organization_validators_reach_the_form_the_cli_uses(db):
 
 
 def test_project_validators_reach_the_form_the_cli_uses(org):
-    from accounts.management.commands.add_project import ProjectForm
+    from accounts.forms import ProjectForm
 
     form = ProjectForm(
         data={

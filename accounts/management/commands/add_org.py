@@ -1,10 +1,10 @@
 """`manage.py add_org`: register an organization from the command line."""
 
-from django import forms
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import transaction
 
-from accounts.models import AuditEvent, Organization
+from accounts.forms import OrganizationForm
+from console.leakguard import GuardedCommand
 
 
 def form_errors(form, options):
@@ -16,12 +16,6 @@ def form_errors(form, options):
     return "\n".join(lines)
 
 
-class OrganizationForm(forms.ModelForm):
-    class Meta:
-        model = Organization
-        fields = ["name", "slug", "openai_org_id", "rotation_policy_days", "monthly_budget_usd", "alert_emails"]
-
-
 # Form field → the option that sets it, so an error names what the user typed.
 OPTIONS = {
     "name": "--name",
@@ -30,10 +24,11 @@ OPTIONS = {
     "rotation_policy_days": "--rotation-days",
     "monthly_budget_usd": "--budget",
     "alert_emails": "--alert-emails",
+    "alert_webhook_url": "--alert-webhook-url",
 }
 
 
-class Command(BaseCommand):
+class Command(GuardedCommand):
     help = "Register an OpenAI organization. Validates like the admin; changes nothing on error."
 
     def add_arguments(self, parser):
@@ -43,6 +38,7 @@ class Command(BaseCommand):
         parser.add_argument("--rotation-days", default="90", help="Rotation policy in days (default 90).")
         parser.add_argument("--budget", default="", help="Monthly budget in USD, e.g. 100.00.")
         parser.add_argument("--alert-emails", default="", help="Comma-separated addresses for alerts.")
+        parser.add_argument("--alert-webhook-url", default="", help="https:// URL that receives alerts.")
 
     def handle(self, *args, **options):
         form = OrganizationForm(
@@ -53,11 +49,11 @@ class Command(BaseCommand):
                 "rotation_policy_days": options["rotation_days"],
                 "monthly_budget_usd": options["budget"],
                 "alert_emails": options["alert_emails"],
+                "alert_webhook_url": options["alert_webhook_url"],
             }
         )
         if not form.is_valid():
             raise CommandError("Organization not created:\n" + form_errors(form, OPTIONS))
         with transaction.atomic():
-            org = form.save()
-            AuditEvent.record("cli:add_org", "organization.created", org, slug=org.slug)
+            org = form.save_and_record("cli:add_org")
         self.stdout.write(f"Created organization “{org.name}” (slug {org.slug}, id {org.pk}).")

@@ -1,27 +1,13 @@
 """`manage.py add_project`: register a project of an organization from the command line."""
 
-from django import forms
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import transaction
 
-from accounts.models import AuditEvent, Environment, Organization, Project, Tier
+from accounts.forms import ProjectForm
+from accounts.models import Environment, Organization, Tier
+from console.leakguard import GuardedCommand
 
 from .add_org import form_errors
-
-
-class ProjectForm(forms.ModelForm):
-    class Meta:
-        model = Project
-        fields = [
-            "organization",
-            "name",
-            "openai_project_id",
-            "environment",
-            "tier",
-            "monthly_budget_usd",
-            "rotation_policy_days",
-        ]
-
 
 OPTIONS = {
     "organization": "--org",
@@ -34,7 +20,7 @@ OPTIONS = {
 }
 
 
-class Command(BaseCommand):
+class Command(GuardedCommand):
     help = "Register a project of an organization. Validates like the admin; changes nothing on error."
 
     def add_arguments(self, parser):
@@ -49,7 +35,7 @@ class Command(BaseCommand):
         parser.add_argument("--rotation-days", default="", help="Override of the organization's rotation policy.")
 
     def handle(self, *args, **options):
-        org = Organization.objects.filter(slug=options["org"]).first()
+        org = Organization.objects.by_slug(options["org"])
         if org is None:
             raise CommandError(f"Project not created: no organization with slug “{options['org']}”.")
         tier = None
@@ -67,11 +53,11 @@ class Command(BaseCommand):
                 "tier": tier.pk if tier else "",
                 "monthly_budget_usd": options["budget"],
                 "rotation_policy_days": options["rotation_days"],
+                "archived_at": "",
             }
         )
         if not form.is_valid():
             raise CommandError("Project not created:\n" + form_errors(form, OPTIONS))
         with transaction.atomic():
-            project = form.save()
-            AuditEvent.record("cli:add_project", "project.created", project, organization=org.slug)
+            project = form.save_and_record("cli:add_project")
         self.stdout.write(f"Created project “{project}” (id {project.pk}).")

@@ -9,14 +9,13 @@ import getpass
 import os
 import sys
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.utils.timezone import now
 
-from accounts.models import AuditEvent, Organization
-from keys import formats
-from keys.forms import ApiKeyForm
+from accounts.models import Organization
+from console.leakguard import GuardedCommand
+from keys.forms import ApiKeyForm, first_probe_message
 from keys.models import Kind, Provider
 
 DEFAULT_SECRET_ENV = "CONSOLE_NEW_KEY"
@@ -46,30 +45,6 @@ OPTIONS = {
 }
 
 
-def looks_like_secret(arg):
-    """True for an argument (or the value of --option=value) that is, or starts like, a key."""
-    for part in str(arg).split("=", 1):
-        part = part.strip()
-        if part.startswith("sk-") and len(part) > 3:
-            return True
-        try:
-            formats.check_shape(part)
-        except formats.KeyFormatError:
-            continue
-        return True
-    return False
-
-
-class ArgvGuardParser(CommandParser):
-    """Refuses key-shaped arguments before argparse can echo one in an error message."""
-
-    def parse_args(self, args=None, namespace=None):
-        given = sys.argv[1:] if args is None else args
-        if any(looks_like_secret(arg) for arg in given):
-            self.error(ARGV_REFUSAL)
-        return super().parse_args(args, namespace)
-
-
 def form_errors(form):
     lines = []
     for field, messages in form.errors.items():
@@ -78,18 +53,18 @@ def form_errors(form):
     return "\n".join(lines)
 
 
-class Command(BaseCommand):
+class Command(GuardedCommand):
     help = (
         "Register an API key. The secret is read from $CONSOLE_NEW_KEY (or --secret-env NAME) "
         "or from stdin (--secret-stdin), never from the command line."
     )
     stealth_options = ("stdin",)  # call_command(..., stdin=io.StringIO(...)) in tests
+    # GuardedCommand refuses a key-shaped argument anywhere in argv; this says where it goes.
+    argv_refusal = ARGV_REFUSAL
 
     def create_parser(self, prog_name, subcommand, **kwargs):
         # No abbreviations: "--secret=…" must not be taken for --secret-env or --secret-stdin.
-        parser = super().create_parser(prog_name, subcommand, allow_abbrev=False, **kwargs)
-        parser.__class__ = ArgvGuardParser  # BaseCommand builds a plain CommandParser; only methods differ
-        return parser
+        return super().create_parser(prog_name, subcommand, allow_abbrev=False, **kwargs)
 
     def add_arguments(self, parser):
         parser.add_argument("--org", required=True, help="Slug of the organization.")
@@ -129,13 +104,13 @@ class Command(BaseCommand):
         return secret
 
     def handle(self, *args, **options):
-        org = Organization.objects.filter(slug=options["org"]).first()
+        org = Organization.objects.by_slug(options["org"])
         if org is None:
             raise CommandError(f"Key not created: no organization with slug “{options['org']}”.")
         project = None
         if options["project"]:
             lookup = options["project"]
-            project = org.projects.filter(Q(name=lookup) | Q(openai_project_id=lookup)).first()
+            project = org.projects.by_name_or_id(lookup)
             if project is None:
                 raise CommandError(f"Key not created: organization “{org.slug}” has no project “{lookup}”.")
         form = ApiKeyForm(
@@ -159,13 +134,9 @@ class Command(BaseCommand):
             raise CommandError("Key not created:\n" + form_errors(form))
         try:
             with transaction.atomic():
-                key = form.save()
-                AuditEvent.record(
-                    "cli:add_key", "key.created", key, hint=key.hint, kind=key.kind, provider=key.provider
-                )
-                key.schedule_first_probe()
+                key = form.save_and_record("cli:add_key")
         except IntegrityError:
             # Someone registered the same key between validation and save; the constraint caught it.
             raise CommandError("Key not created: this key is already registered (run list_keys to find it).") from None
         where = f"project “{key.project}”" if key.project else f"organization “{org}”"
-        self.stdout.write(f"Created key {key.pk} ({key.hint}) in {where}. Its first probe is queued.")
+        self.stdout.write(f"Created key {key.pk} ({key.hint}) in {where}. {first_probe_message(form)}")

@@ -3,11 +3,12 @@ ciphertext, no fingerprint, never a secret."""
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import F, Q
 
 from accounts.models import Organization
+from console.leakguard import GuardedCommand
 from keys.models import ApiKey
 
 # (output name, queryset field): read with values() so ciphertext and fingerprint are
@@ -56,7 +57,7 @@ def cell(value, width):
     return text.ljust(width)
 
 
-class Command(BaseCommand):
+class Command(GuardedCommand):
     help = "List API keys (hints only) with their organization, project, dates and last probe."
 
     def add_arguments(self, parser):
@@ -68,14 +69,15 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         keys = ApiKey.objects.all()
         if options["org"]:
-            if not Organization.objects.filter(slug=options["org"]).exists():
+            org = Organization.objects.by_slug(options["org"])
+            if org is None:
                 raise CommandError(f"No organization with slug “{options['org']}”.")
-            keys = keys.filter(organization__slug=options["org"])
+            keys = keys.in_organization(org)
         if options["project"]:
             lookup = options["project"]
             keys = keys.filter(Q(project__name=lookup) | Q(project__openai_project_id=lookup))
         if not options["include_revoked"]:
-            keys = keys.filter(revoked_at__isnull=True)
+            keys = keys.active()
         rows = (
             # Organization-level (admin) keys first, then by project.
             keys.order_by("organization__slug", F("project__name").asc(nulls_first=True), "name", "id")

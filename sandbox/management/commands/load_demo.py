@@ -4,24 +4,31 @@ Creates (once) the organization “Demo Org” with four projects across environ
 tiers and twelve keys of every kind, with secrets generated at run time, some overdue
 for rotation, one revoked. Every run then registers each live demo key with the sandbox
 API under its fault plan (healthy, revoked upstream, out of quota, throttled, flaky,
-slow): the sandbox keeps keys in memory, so a restarted sandbox needs them again. The
+slow), and gives the admin key a usage plan (synthetic Usage and Costs API data for the
+demo keys' `key_…` ids, plus one key and one project the console does not know): the
+sandbox keeps keys and plans in memory, so a restarted sandbox needs them again. The
 secrets for that come from the database (ApiKey.reveal_secret), so they are never
 printed, passed on a command line or written anywhere but the encrypted column.
 
-Running it twice changes nothing in the database: objects are found by name.
+Running it twice changes nothing in the database: objects are found by name. Everything
+is created through the console's own forms and save paths (OrganizationForm, ProjectForm,
+ApiKeyForm.save_and_record), as the admin and the commands create it. This is demo
+wiring, so it lives with the sandbox; the sandbox's server code imports none of it.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import AuditEvent, Environment, Organization, Project, Tier
+from accounts.forms import OrganizationForm, ProjectForm
+from accounts.models import Environment, Organization, Tier
 from console import upstream
+from console.leakguard import GuardedCommand
 from keys import crypto, formats
 from keys.forms import ApiKeyForm
 from keys.models import ApiKey, Kind, Provider
@@ -85,7 +92,7 @@ KEYS = [
         "healthy",
         150,
         owner="payments",
-        upstream_key_id="svc_acct_DemoCheckoutWorker",
+        upstream_key_id="key_DemoCheckoutWorker",
     ),
     KeySpec(
         "checkout-batch",
@@ -149,13 +156,37 @@ KEYS = [
 ]
 
 
+# The upstream `key_…` id of each demo key (what the Usage and Costs APIs report in
+# `api_key_id`), so the console can map the demo's usage to its keys.
+UPSTREAM_KEY_IDS = {
+    "checkout-web": "key_DemoCheckoutWeb001",
+    "checkout-batch": "key_DemoCheckoutBatch1",
+    "checkout-2024": "key_DemoCheckout20241",
+    "support-bot": "key_DemoSupportBot0001",
+    "support-ingest": "key_DemoSupportIngest1",
+    "support-laptop": "key_DemoSupportLaptop1",
+    "research-notebook": "key_DemoResearchNote01",
+    "research-eval": "key_DemoResearchEval01",
+    "tools-ci": "key_DemoToolsCi000001",
+}
+KEYS = [replace(spec, upstream_key_id=UPSTREAM_KEY_IDS.get(spec.name, spec.upstream_key_id)) for spec in KEYS]
+
+# The demo organization's synthetic usage (sandbox/usage.py): every live OpenAI key with an
+# upstream id, in its project, plus a key and a project the console does not know, so the
+# console's "unregistered" rows have something to show.
+USAGE_MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini"]
+UNREGISTERED_KEY_ID = "key_DemoUnregistered01"
+UNREGISTERED_PROJECT_ID = "proj_DemoUnregistered01"
+USAGE_SEED = "demo"
+
+
 def sandbox_root(base_url):
     """The sandbox's root URL from an OpenAI base URL: http://host:8100/v1 → http://host:8100."""
     root = base_url.rstrip("/")
     return root[: -len("/v1")] if root.endswith("/v1") else root
 
 
-class Command(BaseCommand):
+class Command(GuardedCommand):
     help = "Create the demo organization, projects and keys (idempotent) and register the keys with the sandbox API."
 
     def add_arguments(self, parser):
@@ -173,11 +204,13 @@ class Command(BaseCommand):
         root = sandbox_root(sandbox_url or settings.OPENAI_BASE_URL)
         now = timezone.now()
         with transaction.atomic():
-            org, projects, created = self.create_hierarchy(root, now)
+            org, projects, forms = self.create_hierarchy(root, now)
         self.stdout.write(
             f"Demo data: organization “{org.name}”, {len(projects)} projects, "
-            f"{ApiKey.objects.filter(organization=org).count()} keys ({created} created now)."
+            f"{ApiKey.objects.in_organization(org).count()} keys ({len(forms)} created now)."
         )
+        if any(form.first_probe_queued is False for form in forms):
+            self.stdout.write("No worker queue answered: the new keys' first probes will come with the next sweep.")
         if no_sandbox:
             return
         registered = self.register_with_sandbox(org, projects, root, wait)
@@ -186,39 +219,43 @@ class Command(BaseCommand):
     # --- the database ------------------------------------------------------------
     def create_hierarchy(self, sandbox, now):
         """Find or create the organization, projects and keys; returns (org, {name:
-        project}, number of keys created)."""
-        fields = {k: v for k, v in ORGANIZATION.items() if k != "slug"}
-        org, org_created = Organization.objects.get_or_create(slug=ORGANIZATION["slug"], defaults=fields)
-        if org_created:
-            AuditEvent.record(ACTOR, "organization.created", org, source="load_demo")
+        project}, the forms of the keys created now)."""
+        org = Organization.objects.by_slug(ORGANIZATION["slug"])
+        if org is None:
+            org = self.save(OrganizationForm(data={"rotation_policy_days": 90, **ORGANIZATION}), "organization")
 
         tiers = {t.name: t for t in Tier.objects.all()}
         projects = {}
         for spec in PROJECTS:
-            project, project_created = Project.objects.get_or_create(
-                organization=org,
-                name=spec.name,
-                defaults={
+            project = org.projects.by_name_or_id(spec.name)
+            if project is None:
+                tier = tiers.get(spec.tier)
+                data = {
+                    "organization": org.pk,
+                    "name": spec.name,
                     "openai_project_id": spec.openai_project_id,
                     "environment": spec.environment,
-                    "tier": tiers.get(spec.tier),
-                    "monthly_budget_usd": spec.monthly_budget_usd,
-                },
-            )
-            if project_created:
-                AuditEvent.record(ACTOR, "project.created", project, source="load_demo")
+                    "tier": tier.pk if tier else "",
+                    "monthly_budget_usd": spec.monthly_budget_usd or "",
+                }
+                project = self.save(ProjectForm(data=data), f"project “{spec.name}”")
             projects[spec.name] = project
 
-        existing = set(ApiKey.objects.filter(organization=org).values_list("name", flat=True))
-        created = 0
+        existing = set(ApiKey.objects.in_organization(org).values_list("name", flat=True))
+        forms = []
         for spec in KEYS:
             if spec.name not in existing:
-                self.create_key(org, projects.get(spec.project), spec, sandbox, now)
-                created += 1
-        return org, projects, created
+                forms.append(self.create_key(org, projects.get(spec.project), spec, sandbox, now))
+        return org, projects, forms
+
+    def save(self, form, what):
+        if not form.is_valid():
+            raise CommandError(f"Demo {what} was rejected: {form.errors.as_text()}")
+        return form.save_and_record(ACTOR)
 
     def create_key(self, org, project, spec, sandbox, now):
-        """Register one key through ApiKeyForm, the path the admin and add_key use."""
+        """Register one key through ApiKeyForm, the path the admin and add_key use;
+        returns the form."""
         secret = formats.generate(spec.fmt)
         form = ApiKeyForm(
             data={
@@ -234,20 +271,16 @@ class Command(BaseCommand):
                 "issued_at": (now - timedelta(days=spec.issued_days_ago)).isoformat(),
             }
         )
-        if not form.is_valid():
-            # Form errors describe fields and shapes, never the secret itself.
-            raise CommandError(f"Demo key “{spec.name}” was rejected: {form.errors.as_text()}")
-        key = form.save()
+        # Form errors describe fields and shapes, never the secret itself.
+        key = self.save(form, f"key “{spec.name}”")
         later = {}
         if spec.rotated_days_ago is not None:
             later["rotated_at"] = now - timedelta(days=spec.rotated_days_ago)
         if spec.revoked_days_ago is not None:
             later["revoked_at"] = now - timedelta(days=spec.revoked_days_ago)
-        else:
-            later["next_probe_at"] = now  # due at once: the next probe sweep picks it up
-        ApiKey.objects.filter(pk=key.pk).update(**later)
-        AuditEvent.record(ACTOR, "key.created", key, hint=key.hint, source="load_demo")
-        return key
+        if later:
+            ApiKey.objects.filter(pk=key.pk).update(**later)
+        return form
 
     # --- the sandbox -------------------------------------------------------------
     def register_with_sandbox(self, org, projects, root, wait):
@@ -267,7 +300,7 @@ class Command(BaseCommand):
                 f"The sandbox API at {root} did not answer ({reason}). "
                 "Start it with: python manage.py sandbox_api --port 8100"
             )
-        keys = {k.name: k for k in ApiKey.objects.filter(organization=org).select_related("project__tier")}
+        keys = {k.name: k for k in ApiKey.objects.in_organization(org).select_related("project__tier")}
         registered = 0
         for spec in KEYS:
             key = keys.get(spec.name)
@@ -285,7 +318,32 @@ class Command(BaseCommand):
             except Exception as e:
                 raise CommandError(f"The sandbox refused demo key “{key.name}”: {upstream.scrub(e, secret)}") from None
             registered += 1
+        self.register_usage(control, org, keys)
         return registered
+
+    def register_usage(self, control, org, keys):
+        """Give the organization's admin key the demo usage plan (sandbox/usage.py)."""
+        admin = keys.get("org-admin")
+        if admin is None or admin.is_revoked():
+            return
+        usage_keys = [
+            (key.upstream_key_id, key.project.openai_project_id)
+            for spec in KEYS
+            if spec.fault is not None and spec.kind != Kind.ADMIN
+            for key in [keys.get(spec.name)]
+            if key is not None
+            and not key.is_revoked()
+            and key.provider == Provider.OPENAI
+            and key.upstream_key_id
+            and key.project
+            and key.project.openai_project_id
+        ]
+        usage_keys.append((UNREGISTERED_KEY_ID, UNREGISTERED_PROJECT_ID))
+        secret = admin.reveal_secret()
+        try:
+            control.set_usage(secret, keys=usage_keys, models=USAGE_MODELS, seed=USAGE_SEED)
+        except Exception as e:
+            raise CommandError(f"The sandbox refused the demo usage plan: {upstream.scrub(e, secret)}") from None
 
     def registration_options(self, org, key, spec):
         """Everything the sandbox needs besides the secret and the fault plan."""
