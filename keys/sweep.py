@@ -4,8 +4,12 @@ A key is due when `next_probe_at` has passed (or was never set). Claiming moves
 `next_probe_at` forward to the end of a lease, one row at a time, with a compare-and-swap
 on the value read: `filter(pk=…, next_probe_at=<what we read>).update(…)` changes the
 row only if nobody moved it since, and a claimer keeps a key only when ITS update changed
-that row (n == 1). No row locks, no `SKIP LOCKED`: the same code is correct on PostgreSQL
-and SQLite, and two claimers racing for the same rows never both win one.
+that row (n == 1). No row locks, no `SKIP LOCKED`: the same rule holds on PostgreSQL
+and SQLite, and two claimers racing for the same rows never both win one. On PostgreSQL
+the swaps of up to CAS_CHUNK rows go in one statement (`UPDATE … FROM (VALUES (id, read
+value), …) … RETURNING id`): each row is still compared with the value read for it —
+PostgreSQL re-checks the condition on a row another transaction changed meanwhile — and
+RETURNING names exactly the rows this statement moved.
 
 What a claim hands out — `Claim(key_id, slot, lease)` — goes into the batch message:
 - `slot` is the Unix time the key was due (sweep) or of the claim ("Probe now"), moved
@@ -25,6 +29,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Max
 from django.utils import timezone
 
@@ -47,6 +52,9 @@ class Claim(NamedTuple):
         return datetime.fromisoformat(self.lease) if self.lease else None
 
 
+CAS_CHUNK = 1000
+
+
 def lease_seconds():
     return settings.PROBE_LEASE_SECONDS
 
@@ -60,11 +68,10 @@ def claim(queryset, now=None, slot_from_due_time=True, limit=None):
     if not rows:
         return []
     newest = newest_slots([pk for pk, _ in rows])
+    swapped = swap(rows, lease_until)
     won = []
     for pk, due in rows:
-        # next_probe_at=None filters IS NULL: a never-scheduled key is swapped the same way.
-        cas = ApiKey.objects.filter(pk=pk, revoked_at__isnull=True, next_probe_at=due)
-        if cas.update(next_probe_at=lease_until) != 1:
+        if pk not in swapped:
             continue  # another claimer moved this row first
         # A slot is always past the key's newest result, so a claim never collides
         # with an earlier probe (a "Probe now" in the same second, a skip just before).
@@ -72,6 +79,36 @@ def claim(queryset, now=None, slot_from_due_time=True, limit=None):
         slot = max(base, newest.get(pk, 0) + 1)
         won.append(Claim(str(pk), slot, lease_until.isoformat()))
     return won
+
+
+def swap(rows, lease_until):
+    """Compare-and-swap each row of [(pk, next_probe_at as read), …] to `lease_until`;
+    returns the set of pks this call moved (a row someone changed since it was read, or
+    revoked, is not moved)."""
+    if connection.vendor != "postgresql":
+        # next_probe_at=None filters IS NULL: a never-scheduled key is swapped the same way.
+        return {
+            pk
+            for pk, due in rows
+            if ApiKey.objects.filter(pk=pk, revoked_at__isnull=True, next_probe_at=due).update(
+                next_probe_at=lease_until
+            )
+            == 1
+        }
+    moved = set()
+    table = connection.ops.quote_name(ApiKey._meta.db_table)
+    for start in range(0, len(rows), CAS_CHUNK):
+        chunk = rows[start : start + CAS_CHUNK]
+        values = ", ".join(["(%s::uuid, %s::timestamptz)"] * len(chunk))
+        sql = (
+            f"UPDATE {table} AS k SET next_probe_at = %s FROM (VALUES {values}) AS v(id, due) "
+            "WHERE k.id = v.id AND k.revoked_at IS NULL AND k.next_probe_at IS NOT DISTINCT FROM v.due "
+            "RETURNING k.id"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [lease_until, *(value for row in chunk for value in row)])
+            moved.update(row[0] for row in cursor.fetchall())
+    return moved
 
 
 def candidates(queryset, limit=None):

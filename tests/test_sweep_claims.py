@@ -250,3 +250,15 @@ def test_a_key_revoked_after_it_was_read_is_not_claimed(healthy_keys, monkeypatc
     ApiKey.objects.filter(pk=key.pk).update(revoked_at=now)
     monkeypatch.setattr(sweep, "candidates", lambda *a, **k: read)
     assert sweep.claim_due(now) == []
+
+
+def test_a_claim_across_several_swap_chunks_claims_every_key_once(healthy_keys, monkeypatch):
+    keys = healthy_keys(5)
+    monkeypatch.setattr(sweep, "CAS_CHUNK", 2)
+    now = timezone.now()
+    ApiKey.objects.update(next_probe_at=now - timedelta(minutes=1))
+    read = sweep.candidates(ApiKey.objects.due_for_probe(now))
+    first = sweep.claim_due(now)
+    monkeypatch.setattr(sweep, "candidates", lambda *a, **k: read)
+    assert sorted(c.key_id for c in first) == sorted(str(k.pk) for k in keys)
+    assert sweep.claim_due(now) == []
