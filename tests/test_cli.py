@@ -2,6 +2,7 @@
 Bad input gets a clear CommandError and changes nothing; a secret never reaches argv,
 stdout, stderr, the audit log or the inventory."""
 
+import csv
 import io
 import json
 import os
@@ -469,12 +470,39 @@ def test_list_keys_json_is_valid_and_has_hints_but_no_secret_material(inventory)
 
 def test_list_keys_table_shows_names_and_hints_but_no_secret_material(inventory):
     out, err = run("list_keys")
-    assert out.splitlines()[0].startswith("ID")
+    assert out.splitlines()[0].split() == ["NAME", "ORGANIZATION/PROJECT", "KIND", "HINT", "ROTATED", "LAST", "PROBE"]
     assert "3 keys." in out
+    assert max(len(line) for line in out.splitlines()) <= 120
+    assert "acme/(organization)" in out and "acme/Search" in out
     for key, _ in inventory[:3]:
         assert key.name in out
         assert key.hint in out
     assert "old chatbot" not in out
+    for key, secret in inventory:
+        assert_secret_absent(secret, out, err)
+        assert key.fingerprint not in out
+
+
+def test_list_keys_table_fits_120_columns_even_with_long_names(make_key, org):
+    long = Project.objects.create(organization=org, name="A project with a very long name indeed")
+    make_key(name="a key whose name is far longer than the column", project=long, owner="x" * 150)
+    out, _ = run("list_keys")
+    assert max(len(line) for line in out.splitlines()) <= 120
+    assert "a key whose name is far…" in out
+
+
+def test_list_keys_csv_has_every_column_and_neutralises_formulas(inventory, make_key):
+    make_key(name="=HYPERLINK(1)", owner="@team")
+    out, err = run("list_keys", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert set(rows[0]) == LISTED
+    by_name = {r["name"]: r for r in rows}
+    chatbot, secret = inventory[0]
+    assert by_name["chatbot prod"]["id"] == str(chatbot.pk)
+    assert by_name["chatbot prod"]["hint"] == formats.hint(secret)
+    assert by_name["chatbot prod"]["issued_at"] == chatbot.issued_at.isoformat()
+    assert by_name["'=HYPERLINK(1)"]["owner"] == "'@team"
+    assert "old chatbot" not in by_name
     for key, secret in inventory:
         assert_secret_absent(secret, out, err)
         assert key.fingerprint not in out
@@ -506,7 +534,7 @@ def test_list_keys_of_an_empty_inventory_is_an_empty_json_array(db):
     assert "0 keys." in run("list_keys")[0]
 
 
-@pytest.mark.parametrize("output", ["json", "table"])
+@pytest.mark.parametrize("output", ["json", "csv", "table"])
 def test_list_keys_uses_the_same_number_of_queries_for_many_keys(make_key, org, output, django_assert_num_queries):
     for n in range(3):
         make_key(name=f"k{n}")

@@ -6,10 +6,12 @@ import itertools
 import subprocess
 import sys
 from datetime import timedelta
+from io import StringIO
 
 import pytest
 import redis
 from django.conf import settings as django_settings
+from django.core.management import CommandError
 from django.utils import timezone
 
 from accounts.models import Project, Tier
@@ -313,16 +315,54 @@ def test_probe_now_in_the_admin_claims_the_selected_keys(admin_client, make_key)
 
 
 def test_the_probe_keys_command_prints_a_summary_per_outcome(key_with):
-    from io import StringIO
-
     from django.core.management import call_command
 
     key_with("healthy")
     key_with("revoked")
     out = StringIO()
-    call_command("probe_keys", "--no-progress", stdout=out)
-    lines = dict(line.rsplit(None, 1) for line in out.getvalue().splitlines()[1:])
+    with pytest.raises(CommandError, match="1 key\\(s\\) failed") as failed:
+        call_command("probe_keys", "--no-progress", stdout=out)
+    assert failed.value.returncode == 1
+    summary = out.getvalue().split("\n\n")[0].splitlines()
+    lines = dict(line.rsplit(None, 1) for line in summary[1:])
     assert lines == {"ok": "1", "invalid_key": "1", "total": "2"}
+
+
+def test_the_probe_keys_command_lists_the_failing_keys_and_exits_1(key_with):
+    from django.core.management import call_command
+
+    from keys.models import ApiKey
+
+    healthy, _ = key_with("healthy")
+    revoked, secret = key_with("revoked")
+    out = StringIO()
+    with pytest.raises(CommandError) as failed:
+        call_command("probe_keys", "--no-progress", stdout=out)
+    assert failed.value.returncode == 1
+    failing = out.getvalue().split("Failing keys:\n")[1]
+    key = ApiKey.objects.get(pk=revoked.pk)
+    assert f"{key.name} ({key.hint})" in failing
+    assert "Invalid key, HTTP 401" in failing
+    assert str(key.pk) in failing
+    assert healthy.name not in failing
+    assert secret not in out.getvalue()
+
+
+def test_the_probe_keys_command_exits_0_when_no_outcome_in_fail_on_happened(key_with):
+    from django.core.management import call_command
+
+    key_with("healthy")
+    key_with("revoked")
+    out = StringIO()
+    call_command("probe_keys", "--no-progress", "--fail-on", "server_error,timeout", stdout=out)
+    assert "Failing keys" not in out.getvalue()
+
+
+def test_the_probe_keys_command_refuses_an_unknown_fail_on_outcome(db):
+    from django.core.management import call_command
+
+    with pytest.raises(CommandError, match="Unknown outcome\\(s\\) for --fail-on: nope"):
+        call_command("probe_keys", "--fail-on", "invalid_key,nope")
 
 
 def test_the_probe_keys_command_refuses_an_unknown_organization(db):

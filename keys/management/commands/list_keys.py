@@ -8,7 +8,9 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import F, Q
 
 from accounts.models import Organization
+from console.exports import csv_lines
 from console.leakguard import GuardedCommand
+from console.upstream import Outcome
 from keys.models import ApiKey
 
 # (output name, queryset field): read with values() so ciphertext and fingerprint are
@@ -29,27 +31,34 @@ COLUMNS = [
     ("last_probe_outcome", "last_probe_outcome"),
     ("last_probe_at", "last_probe_at"),
 ]
-# Table widths; longer values are cut with "…" (use --format json for everything).
-WIDTHS = {
-    "id": 36,
-    "organization": 16,
-    "project": 20,
-    "name": 24,
-    "kind": 15,
-    "provider": 8,
-    "hint": 18,
-    "owner": 16,
-    "last_probe_outcome": 20,
-}
-DATE_WIDTH = 16
+# The table fits 120 columns: fewer, combined columns; longer values are cut with "…"
+# (--format csv or json give every column, ids included).
+TABLE = [
+    # (header, width, how a row's values give the cell)
+    ("NAME", 24, lambda r: r["name"]),
+    ("ORGANIZATION/PROJECT", 26, lambda r: f"{r['organization']}/{r['project'] or '(organization)'}"),
+    ("KIND", 7, lambda r: KIND_SHORT.get(r["kind"], r["kind"])),
+    ("HINT", 16, lambda r: r["hint"]),
+    ("ROTATED", 10, lambda r: r["rotated_at"] or r["issued_at"]),
+    ("LAST PROBE", 25, lambda r: last_probe(r)),
+]
+KIND_SHORT = {"project": "project", "service_account": "svcacct", "admin": "admin"}
 CHUNK = 2000
+
+
+def last_probe(row):
+    if row["revoked_at"]:
+        return f"revoked {row['revoked_at']:%Y-%m-%d}"
+    if not row["last_probe_outcome"]:
+        return "never probed"
+    return f"{Outcome(row['last_probe_outcome']).label} {row['last_probe_at']:%m-%d %H:%M}"
 
 
 def cell(value, width):
     if value is None or value == "":
         text = "-"
     elif hasattr(value, "strftime"):
-        text = value.strftime("%Y-%m-%d %H:%M")
+        text = value.strftime("%Y-%m-%d")
     else:
         text = str(value)
     if len(text) > width:
@@ -63,7 +72,7 @@ class Command(GuardedCommand):
     def add_arguments(self, parser):
         parser.add_argument("--org", default="", help="Only this organization (slug).")
         parser.add_argument("--project", default="", help="Only this project (name or proj_… id).")
-        parser.add_argument("--format", choices=["table", "json"], default="table")
+        parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
         parser.add_argument("--include-revoked", action="store_true", help="Also list revoked keys.")
 
     def handle(self, *args, **options):
@@ -86,6 +95,8 @@ class Command(GuardedCommand):
         )
         if options["format"] == "json":
             self.write_json(rows)
+        elif options["format"] == "csv":
+            self.write_csv(rows)
         else:
             self.write_table(rows)
 
@@ -98,13 +109,16 @@ class Command(GuardedCommand):
             self.stdout.write(("\n" if n == 0 else ",\n") + obj, ending="")
         self.stdout.write("\n]")
 
+    def write_csv(self, rows):
+        for line in csv_lines([name for name, _ in COLUMNS], rows):
+            self.stdout.write(line, ending="")
+
     def write_table(self, rows):
-        widths = [WIDTHS.get(name, DATE_WIDTH) for name, _ in COLUMNS]
-        self.stdout.write(
-            "  ".join(name.upper().ljust(w) for (name, _), w in zip(COLUMNS, widths, strict=True)).rstrip()
-        )
+        names = [name for name, _ in COLUMNS]
+        self.stdout.write("  ".join(header.ljust(width) for header, width, _ in TABLE).rstrip())
         count = 0
         for row in rows:
-            self.stdout.write("  ".join(cell(v, w) for v, w in zip(row, widths, strict=True)).rstrip())
+            values = dict(zip(names, row, strict=True))
+            self.stdout.write("  ".join(cell(get(values), width) for _, width, get in TABLE).rstrip())
             count += 1
         self.stdout.write(f"{count} key{'s' if count != 1 else ''}.")

@@ -1,4 +1,6 @@
-"""Run a probe sweep in the foreground, with a progress bar and a summary table."""
+"""Run a probe sweep in the foreground, with a progress bar and a summary table. Exits 1
+when a probed key failed (the outcomes that count are chosen with --fail-on), after listing
+the failing keys — so a CI job or a cron wrapper can act on it."""
 
 import uuid
 from collections import Counter
@@ -10,8 +12,20 @@ from tqdm import tqdm
 
 from accounts.models import Organization
 from console.leakguard import GuardedCommand
+from console.upstream import Outcome
 from keys import probe, sweep
-from keys.models import ApiKey
+from keys.models import ApiKey, ProbeResult
+
+
+def outcome_list(value):
+    """--fail-on's value: outcome names separated by commas, each a known outcome."""
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in Outcome.values]
+    if unknown:
+        raise CommandError(
+            f"Unknown outcome(s) for --fail-on: {', '.join(unknown)}. Known: {', '.join(Outcome.values)}."
+        )
+    return set(names)
 
 
 class Command(GuardedCommand):
@@ -23,8 +37,14 @@ class Command(GuardedCommand):
         parser.add_argument("--key", action="append", default=[], help="Key id (UUID); repeatable.")
         parser.add_argument("--due-only", action="store_true", help="Only keys whose probe is due.")
         parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
+        parser.add_argument(
+            "--fail-on",
+            default=",".join(sorted(Outcome.failures())),
+            help="Outcomes that make the command exit 1, comma-separated (default: every failing outcome).",
+        )
 
-    def handle(self, *args, org, project, key, due_only, no_progress, **options):
+    def handle(self, *args, org, project, key, due_only, no_progress, fail_on, **options):
+        fail_on = outcome_list(fail_on)
         keys = ApiKey.objects.due_for_probe(timezone.now()) if due_only else ApiKey.objects.active()
         if org:
             if not Organization.objects.filter(slug=org).exists():
@@ -38,7 +58,7 @@ class Command(GuardedCommand):
             try:
                 ids = [uuid.UUID(k) for k in key]
             except ValueError:
-                raise CommandError("--key takes key ids (UUIDs), as shown by list_keys.") from None
+                raise CommandError("--key takes key ids (UUIDs), as shown by list_keys --format csv.") from None
             keys = keys.filter(pk__in=ids)
         claims = sweep.claim(keys, slot_from_due_time=False)
         if not claims:
@@ -50,6 +70,31 @@ class Command(GuardedCommand):
                 total.add(probe.run_batch(batch))
                 bar.update(len(batch))
         self.print_summary(total, len(claims))
+        failing = self.failing(claims, fail_on)
+        if failing:
+            self.print_failing(failing)
+            raise CommandError(f"{len(failing)} key(s) failed their probe.", returncode=1)
+
+    def failing(self, claims, fail_on):
+        """This run's results whose outcome is in `fail_on`: one query, however many keys."""
+        slots = {str(claim.key_id): claim.slot for claim in claims}
+        results = (
+            ProbeResult.objects.filter(key_id__in=slots, slot__in=set(slots.values()), outcome__in=fail_on)
+            .select_related("key__project", "key__organization")
+            .order_by("key__organization__slug", "key__project__name", "key__name")
+        )
+        return [r for r in results if slots[str(r.key_id)] == r.slot]
+
+    def print_failing(self, results):
+        self.stdout.write("")
+        self.stdout.write("Failing keys:")
+        for r in results:
+            where = f"{r.key.organization.slug}/{r.key.project.name if r.key.project else '(organization)'}"
+            status = f"HTTP {r.http_status}" if r.http_status else "no response"
+            self.stdout.write(
+                f"  {r.key.name} ({r.secret_hint or r.key.hint}) in {where}: "
+                f"{Outcome(r.outcome).label}, {status} — {r.message or '-'} [{r.key_id}]"
+            )
 
     def print_summary(self, summary, claimed):
         rows = sorted(summary.outcomes.items(), key=lambda kv: (-kv[1], kv[0]))
