@@ -300,9 +300,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"no_client_error_tracebacks": {"()": "console.log_filters.NoTracebackForClientErrors"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
+        # A 403 or 404 is one warning line, without a traceback (console/log_filters.py).
+        "django.request": {"filters": ["no_client_error_tracebacks"]},
         # httpx2 logs every request line at INFO; keep it quiet.
         "httpx2": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
