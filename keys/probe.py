@@ -67,6 +67,11 @@ class Summary:
     def probed(self):
         return sum(self.outcomes.values())
 
+    def describe_outcomes(self):
+        """"ok: 3, invalid_key: 1": outcome names, most frequent first (for logs)."""
+        counts = sorted(self.outcomes.items(), key=lambda kv: (-kv[1], str(kv[0])))
+        return ", ".join(f"{Outcome(name).value}: {count}" for name, count in counts) or "none"
+
 
 def target_for(key, secret):
     if key.provider == Provider.AZURE:

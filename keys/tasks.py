@@ -33,9 +33,9 @@ def probe_batch(claims):
     """Probe [[key_id, slot, lease], …]. Returns nothing; results go to the database."""
     summary = probe.run_batch([sweeping.Claim.parse(c) for c in claims])
     log.info(
-        "probe batch: %d probed %s, %d deferred, %d already done",
+        "probe batch: %d probed (%s), %d deferred, %d already done",
         summary.probed,
-        dict(summary.outcomes),
+        summary.describe_outcomes(),
         summary.deferred,
         summary.already_done,
     )

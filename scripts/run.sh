@@ -124,7 +124,9 @@ stop_all() {
   set +m  # no "Terminated" job notices for the children we stop on purpose
   if [ "${#PIDS[@]}" -gt 0 ]; then
     say "Stopping ${NAMES[*]}"
-    for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+    # SIGTERM to each main process only: Celery's warm shutdown then stops its own pool
+    # processes (signalling the pool directly makes the worker log each one as an ERROR).
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     # Give Celery its warm shutdown, then make sure nothing is left.
     for _ in $(seq 1 100); do
       alive=0

@@ -1,12 +1,14 @@
 """`make run` and `make test` on a fresh machine: the port variables, the test tools
-script, and a private SQLite database. Shell scripts run as subprocesses; nothing here
-starts the whole console (the port check and the preparation steps run on their own)."""
+script, a private SQLite database, and one whole `make run` (start, first probe outcomes,
+Ctrl-C) on its embedded defaults. Shell scripts run as subprocesses."""
 
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -231,3 +233,46 @@ def test_the_first_env_file_points_at_the_sandbox_port_make_run_was_given(bootst
 def test_without_a_sandbox_port_the_env_file_uses_8100(bootstrap_env, monkeypatch):
     monkeypatch.delenv("SANDBOX_PORT", raising=False)
     assert bootstrap_env.defaults()["OPENAI_BASE_URL"] == "http://127.0.0.1:8100/v1"
+
+
+# --- The whole console, once -------------------------------------------------------------
+
+
+def wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_make_run_shows_probe_outcomes_soon_and_stops_without_an_error_line(fresh_checkout):
+    """The README's promise: `make run` shows probe outcomes within a minute, and Ctrl-C
+    stops everything quietly (Celery's pool is stopped by its worker, not killed under it)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "CONSOLE_ENV_FILE"}
+    }
+    env.update(CONSOLE_PORT=str(free_port()), SANDBOX_PORT=str(free_port()))
+    out = fresh_checkout / "run.out"
+    with out.open("w") as sink:
+        run = subprocess.Popen(["bash", "scripts/run.sh"], cwd=fresh_checkout, env=env, stdout=sink, stderr=sink)
+    logs = fresh_checkout / "var" / "log"
+    try:
+        wait_for(lambda: "Press Ctrl-C" in out.read_text(), 300, "the console to start")
+        started = time.monotonic()
+        worker_log = logs / "worker.log"
+        wait_for(lambda: "probe batch:" in worker_log.read_text(), 60, "the first probe outcomes")
+        assert time.monotonic() - started < 60
+    finally:
+        run.send_signal(signal.SIGINT)
+        run.wait(timeout=60)
+    text = {path.name: path.read_text() for path in logs.glob("*.log")}
+    assert set(text) == {"sandbox.log", "web.log", "worker.log", "beat.log"}
+    # Outcome names, not enum reprs, in the worker's summaries.
+    assert "ok: " in text["worker.log"] and "Outcome." not in text["worker.log"]
+    for name, content in text.items():
+        bad = [line for line in content.splitlines() if " ERROR" in line or "CRITICAL" in line or "Traceback" in line]
+        assert bad == [], f"{name}: {bad}"
