@@ -525,8 +525,8 @@ def modify_project(ctx):
     project = active_project(ctx)
     body = ctx.body()
     changes = {}
-    for name in ("name", "external_key_id", "geography"):
-        value = text(body, name, required=name == "name" and "name" in body)
+    for name in ("name", "external_key_id", "geography"):  # each nullable: null changes nothing
+        value = text(body, name)
         if value is not None:
             changes[name] = value
     if "name" in changes:
@@ -737,8 +737,7 @@ def create_admin_key(ctx):
     }
     ctx.org.admin_keys.put(key_id, key)
     ctx.org.link(key_id, digest(secret), admin=True)
-    # Same organization and project as the calling key: the new key sees this organization.
-    ctx.sandbox.register(secret, project=ctx.plan.project, organization=ctx.plan.organization or None)
+    ctx.register(secret, ctx.plan.project)  # the calling key's project and organization: it sees this one
     ctx.record("api_key.created", {"id": key_id, "data": {"scopes": ["api.management.read", "api.management.write"]}})
     return {**ctx.org.admin_key_body(key), "value": secret}
 
