@@ -227,8 +227,9 @@ class Fault:
 class Organization:
     """Everything the Administration API shows for one organization."""
 
-    def __init__(self, org_id, redaction="hint"):
+    def __init__(self, org_id, last_used, redaction="hint"):
         self.id = org_id
+        self.last_used = last_used  # the sandbox's: key digest → latest successful request
         self.redaction = redaction
         self.counter = 0
         self.projects = Collection()
@@ -255,6 +256,12 @@ class Organization:
         secret_digest = self.secrets.pop(key_id, None)
         self.admin_digests.pop(secret_digest, None)
         return secret_digest
+
+    def used_at(self, key):
+        """A key's last_used_at: as seeded, or later if its linked secret has been used since."""
+        used = self.last_used.get(self.secrets.get(key["id"]))
+        seeded = key["last_used_at"]
+        return seeded if used is None or (seeded is not None and seeded > used) else used
 
     def owner_id(self):
         """The organization's first owner (who the sandbox says makes admin keys)."""
@@ -314,7 +321,7 @@ class Organization:
             "name": key["name"],
             "redacted_value": key["redacted_value"],
             "created_at": key["created_at"],
-            "last_used_at": key["last_used_at"],
+            "last_used_at": self.used_at(key),
             "owner": owner,
             "owner_project_access": access,
         }
@@ -327,7 +334,7 @@ class Organization:
             "name": key["name"],
             "redacted_value": key["redacted_value"],
             "created_at": key["created_at"],
-            "last_used_at": key["last_used_at"],
+            "last_used_at": self.used_at(key),
             "expires_at": key.get("expires_at"),
             "owner": {
                 "type": "user",
@@ -934,7 +941,7 @@ def organization(sandbox, plan, key_digest):
     org_id = plan.organization_header()
     org = sandbox.admin.get(org_id)
     if org is None:
-        org = sandbox.admin[org_id] = Organization(org_id)
+        org = sandbox.admin[org_id] = Organization(org_id, sandbox.last_used)
         owner = {"id": "user-" + org_id[-24:], "name": "Sandbox Owner", "role": "owner"}
         owner.update(email=f"{owner['id']}@sandbox.invalid", added_at=DEFAULT_CREATED_AT)
         org.users.put(owner["id"], owner)
@@ -1035,7 +1042,7 @@ def seed(sandbox, body, now):
     if body.get("replace", True) is not False or old is None:
         # A fresh state, ids counted from the start again (the replaced state's secrets stay
         # registered with the sandbox, no longer linked to anything here).
-        org = Organization(org_id, redaction)
+        org = Organization(org_id, sandbox.last_used, redaction)
     else:
         org = old
         org.redaction = redaction

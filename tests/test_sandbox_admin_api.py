@@ -3,6 +3,8 @@ subprocess), driven through the official SDK (`client.admin.organization.*`): ev
 checked against OpenAI's published spec, paging, refusals, secrets that live and die with
 their owners upstream, the audit log, seeded state and faults."""
 
+import time
+
 import httpx2
 import openai
 import pytest
@@ -161,7 +163,11 @@ def test_a_seeded_user_key_is_listed_and_deleted_with_the_spec_shapes(sandbox, s
         },
     }
     assert key["redacted_value"] == formats.hint(secret) and key["owner_project_access"] == "active"
+    assert key["last_used_at"] is None
+    before = int(time.time())
     assert models_status(sandbox, secret) == 200
+    used = sdk.projects.api_keys.retrieve("key_user0001", project_id="proj_main").last_used_at
+    assert before <= used <= int(time.time())  # a successful request is a use
     deleted = checked(
         openai_spec, sdk.projects.api_keys.with_raw_response.delete("key_user0001", project_id="proj_main")
     )
