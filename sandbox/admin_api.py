@@ -292,6 +292,13 @@ class Organization:
                                          "max_tokens_per_1_minute": tpm, **extra})  # fmt: skip
         return project.rate_limits
 
+    def owner_has_access(self, project, key):
+        """owner_project_access: a user owner still in the organization and the project, or
+        a service account still in the project."""
+        if key["owner_type"] == "user":
+            return key["owner_id"] in project.users and key["owner_id"] in self.users
+        return key["owner_id"] in project.service_accounts
+
     # --- rendering ---
     def key_body(self, project, key):
         owner = {"type": key["owner_type"]}
@@ -305,7 +312,6 @@ class Organization:
                 "created_at": user["added_at"],
                 "role": membership["role"] if membership else "member",
             }
-            access = "active" if membership is not None and key["owner_id"] in self.users else "inactive"
         else:
             account = project.service_accounts.get(key["owner_id"])
             owner["service_account"] = {
@@ -314,7 +320,6 @@ class Organization:
                 "created_at": account["created_at"] if account else DEFAULT_CREATED_AT,
                 "role": account["role"] if account else "member",
             }
-            access = "active" if account else "inactive"
         return {
             "object": "organization.project.api_key",
             "id": key["id"],
@@ -323,7 +328,7 @@ class Organization:
             "created_at": key["created_at"],
             "last_used_at": self.used_at(key),
             "owner": owner,
-            "owner_project_access": access,
+            "owner_project_access": "active" if self.owner_has_access(project, key) else "inactive",
         }
 
     def admin_key_body(self, key):
@@ -561,14 +566,10 @@ def list_project_keys(ctx):
     if access not in (None, "active", "inactive", "any"):
         raise bad_request("Invalid 'owner_project_access': expected active, inactive or any.", "owner_project_access")
     org = ctx.org
-
-    def owner_access(key):
-        if key["owner_type"] == "user":
-            return key["owner_id"] in project.users and key["owner_id"] in org.users
-        return key["owner_id"] in project.service_accounts
-
-    want = {None: True, "active": True, "inactive": False}.get(access)
-    keys, more = ctx.page(project.api_keys, accept=None if access == "any" else lambda k: owner_access(k) is want)
+    want = access != "inactive"  # no filter: the keys whose owner has access, as upstream by default
+    keys, more = ctx.page(
+        project.api_keys, accept=None if access == "any" else lambda k: org.owner_has_access(project, k) is want
+    )
     return list_body([org.key_body(project, key) for key in keys], more)
 
 

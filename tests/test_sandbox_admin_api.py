@@ -347,6 +347,9 @@ def test_bad_bodies_are_400_and_change_nothing(sandbox, sdk, admin, openai_spec)
         HTTP.get(url + "/projects", params={"include_archived": "maybe"}, headers=bearer(admin)),
         HTTP.get(url + "/projects", params={"after": "proj_never"}, headers=bearer(admin)),
         HTTP.get(url + "/audit_logs", params={"event_types[]": "key.exploded"}, headers=bearer(admin)),
+        HTTP.get(url + "/audit_logs", params={"effective_at[gte]": "yesterday"}, headers=bearer(admin)),
+        HTTP.get(url + "/admin_api_keys", params={"order": "sideways"}, headers=bearer(admin)),
+        HTTP.get(url + "/projects/proj_main/api_keys", params={"owner_project_access": "some"}, headers=bearer(admin)),
     ]
     for response in refusals:
         assert response.status_code == 400, response.text
