@@ -677,6 +677,15 @@ def retrieve_project_user(ctx):
     return ctx.org.project_user_body(project, ctx.params["user_id"])
 
 
+def delete_project_user(ctx):
+    """Remove a member: the keys they own in the project stay, with owner_project_access
+    "inactive" (hidden from the default key list), as when someone leaves a project."""
+    project = active_project(ctx)
+    if project.users.remove(ctx.params["user_id"]) is None:
+        raise not_found("user", ctx.params["user_id"])
+    return {"object": "organization.project.user.deleted", "id": ctx.params["user_id"], "deleted": True}
+
+
 def list_users(ctx):
     emails = set(ctx.query.getlist("emails") + ctx.query.getlist("emails[]"))
     users, more = ctx.page(ctx.org.users, accept=(lambda u: u["email"] in emails) if emails else None)
@@ -921,7 +930,7 @@ ROUTES = [
     (P + "/service_accounts", {"GET": list_service_accounts, "POST": create_service_account}),
     (P + "/service_accounts/{service_account_id}", {"GET": retrieve_service_account, "DELETE": delete_service_account}),
     (P + "/users", {"GET": list_project_users}),
-    (P + "/users/{user_id}", {"GET": retrieve_project_user}),
+    (P + "/users/{user_id}", {"GET": retrieve_project_user, "DELETE": delete_project_user}),
     (P + "/rate_limits", {"GET": list_rate_limits}),
     (P + "/rate_limits/{rate_limit_id}", {"POST": update_rate_limit}),
     (P + "/spend_alerts", {"GET": list_spend_alerts, "POST": create_spend_alert}),

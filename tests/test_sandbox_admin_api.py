@@ -246,6 +246,7 @@ ADMIN_ROUTES = [
     ("GET", "/organization/projects/proj_main/service_accounts/svc_acct_x"),
     ("DELETE", "/organization/projects/proj_main/service_accounts/svc_acct_x"),
     ("GET", "/organization/projects/proj_main/users"),
+    ("DELETE", "/organization/projects/proj_main/users/user_owner"),
     ("GET", "/organization/projects/proj_main/rate_limits"),
     ("POST", "/organization/projects/proj_main/rate_limits/rl-gpt-4o"),
     ("GET", "/organization/projects/proj_main/spend_alerts"),
@@ -472,6 +473,28 @@ def test_a_key_whose_owner_left_the_project_is_inactive_and_hidden_by_default(sa
     assert everything == {"key_stays": "active", "key_orphan": "inactive"}
     assert [k.id for k in sdk.projects.api_keys.list("proj_main", owner_project_access="inactive")] == ["key_orphan"]
     assert sdk.projects.api_keys.retrieve("key_orphan", project_id="proj_main").last_used_at == 1700000000
+
+
+def test_removing_a_member_makes_their_keys_inactive(sandbox, sdk, openai_spec):
+    sandbox.seed_admin(
+        ORG,
+        replace=False,
+        projects=[
+            {
+                "id": "proj_main",
+                "users": [{"id": "user_owner", "role": "owner"}, {"id": "user_dev"}],
+                "api_keys": [{"id": "key_dev", "owner": {"user": "user_dev"}}],
+            }
+        ],
+    )
+    assert sdk.projects.api_keys.retrieve("key_dev", project_id="proj_main").owner_project_access == "active"
+    removed = checked(openai_spec, sdk.projects.users.with_raw_response.delete("user_dev", project_id="proj_main"))
+    assert removed == {"object": "organization.project.user.deleted", "id": "user_dev", "deleted": True}
+    assert [u.id for u in sdk.projects.users.list("proj_main")] == ["user_owner"]
+    assert sdk.projects.api_keys.retrieve("key_dev", project_id="proj_main").owner_project_access == "inactive"
+    assert [k.id for k in sdk.projects.api_keys.list("proj_main")] == []
+    with pytest.raises(openai.NotFoundError):
+        sdk.projects.users.delete("user_dev", project_id="proj_main")
 
 
 def test_users_filter_by_email(sandbox, sdk):
