@@ -68,7 +68,7 @@ class Summary:
         return sum(self.outcomes.values())
 
     def describe_outcomes(self):
-        """"ok: 3, invalid_key: 1": outcome names, most frequent first (for logs)."""
+        """Outcome names and counts, most frequent first, e.g. "ok: 3, invalid_key: 1" (for logs)."""
         counts = sorted(self.outcomes.items(), key=lambda kv: (-kv[1], str(kv[0])))
         return ", ".join(f"{Outcome(name).value}: {count}" for name, count in counts) or "none"
 
