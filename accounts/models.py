@@ -31,6 +31,23 @@ def validate_email_list(value):
             raise ValidationError(f"“{address}” is not a valid email address.") from None
 
 
+def split_thresholds(value):
+    return [int(part) for part in (value or "").replace(" ", "").split(",") if part]
+
+
+def validate_thresholds(value):
+    try:
+        percents = split_thresholds(value)
+    except ValueError:
+        raise ValidationError("Thresholds are whole percentages separated by commas, e.g. 50,80,100.") from None
+    if not percents:
+        raise ValidationError("Give at least one threshold, e.g. 100.")
+    if any(p < 1 or p > 1000 for p in percents):
+        raise ValidationError("Each threshold is a percentage between 1 and 1000.")
+    if percents != sorted(set(percents)):
+        raise ValidationError("List each threshold once, in increasing order.")
+
+
 def split_emails(value):
     return [a.strip() for a in (value or "").replace(";", ",").replace("\n", ",").split(",") if a.strip()]
 
@@ -87,6 +104,13 @@ class Organization(models.Model):
         validators=[refuse_key_shaped, refuse_unsafe_text, destinations.validate_webhook_url],
         help_text="https:// only; a public host, or one on CONSOLE_ALLOWED_WEBHOOK_HOSTS.",
     )
+    alert_thresholds = models.CharField(
+        "budget alert thresholds (%)",
+        max_length=50,
+        default="50,80,100",
+        validators=[validate_thresholds],
+        help_text="Percentages of a monthly budget that send an alert once per month, e.g. 50,80,100.",
+    )
     created = models.DateTimeField(default=now)
 
     objects = OrganizationQuerySet.as_manager()
@@ -107,6 +131,9 @@ class Organization(models.Model):
 
     def alert_email_list(self):
         return split_emails(self.alert_emails)
+
+    def alert_threshold_list(self):
+        return split_thresholds(self.alert_thresholds)
 
     def audit_details(self):
         return {"slug": self.slug}
@@ -191,6 +218,73 @@ class Project(models.Model):
         """Requests per minute probes may spend on this project, across all workers."""
         rpm = self.tier.requests_per_minute if self.tier else 500
         return max(rpm * settings.PROBE_PROJECT_RPM_SHARE, 1.0)
+
+
+class ProjectRateLimit(models.Model):
+    """A project's real per-model rate limits, mirrored from OpenAI's Administration API
+    (GET /v1/organization/projects/{id}/rate_limits) by the organization sync."""
+
+    project = models.ForeignKey(Project, models.CASCADE, related_name="rate_limits")
+    upstream_id = models.CharField(max_length=100, blank=True)
+    model = models.CharField(max_length=100)
+    max_requests_per_1_minute = models.PositiveIntegerField("Rate limit: requests per minute")
+    max_tokens_per_1_minute = models.PositiveBigIntegerField("Rate limit: tokens per minute")
+    max_images_per_1_minute = models.PositiveIntegerField("Rate limit: images per minute", null=True, blank=True)
+    max_audio_megabytes_per_1_minute = models.PositiveIntegerField(
+        "Rate limit: audio MB per minute", null=True, blank=True
+    )
+    max_requests_per_1_day = models.PositiveBigIntegerField("Rate limit: requests per day", null=True, blank=True)
+    batch_1_day_max_input_tokens = models.PositiveBigIntegerField(
+        "Rate limit: batch input tokens per day", null=True, blank=True
+    )
+    synced_at = models.DateTimeField(default=now)
+
+    deleted_with_parent = True
+
+    class Meta:
+        ordering = ["model"]
+        constraints = [models.UniqueConstraint(fields=["project", "model"], name="accounts_ratelimit_unique_model")]
+
+    def __str__(self):
+        return f"{self.project}: {self.model}"
+
+
+class Notification(models.Model):
+    """The alert outbox: one row per thing worth telling an organization (a budget
+    threshold crossed, a key falling due, a leak). The unique `dedupe_key` makes "never
+    twice" a database fact; delivery (accounts/notifications.py) retries email and webhook
+    separately and records each. Never a secret in any field."""
+
+    organization = models.ForeignKey(Organization, models.CASCADE, related_name="notifications")
+    dedupe_key = models.CharField(max_length=200, unique=True)
+    kind = models.CharField(max_length=30, db_index=True)
+    subject = models.CharField(max_length=200)
+    text = models.TextField()
+    created = models.DateTimeField(default=now, db_index=True)
+    # Recipients as they were when the alert was raised.
+    email_to = models.TextField(blank=True)
+    webhook_url = models.URLField(max_length=500, blank=True)
+    email_sent_at = models.DateTimeField(null=True, blank=True)
+    webhook_sent_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    gave_up_at = models.DateTimeField(null=True, blank=True)
+
+    deleted_with_parent = True
+
+    class Meta:
+        ordering = ["-created"]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=models.Q(gave_up_at__isnull=True, next_attempt_at__isnull=False),
+                name="accounts_notification_pending",
+            )
+        ]
+
+    def __str__(self):
+        return self.subject
 
 
 class AuditEventQuerySet(models.QuerySet):

@@ -110,6 +110,18 @@ class ApiKey(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(default=now)
+    # Who rotated the current secret in (a username, or the task that did it).
+    rotated_by = models.CharField(max_length=150, blank=True, editable=False)
+    # Flags set by the leak scan (keys/leakscan.py) and the organization sync.
+    leaked_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When the leak scan found this key's secret."
+    )
+    deleted_upstream_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When the sync found the key gone upstream."
+    )
+    owner_left_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When the sync found the owner no longer in the project."
+    )
 
     # Probe state, written by keys/probe.py.
     last_probe_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -307,6 +319,8 @@ class ProbeResult(models.Model):
     ratelimit_reset_tokens = models.CharField(max_length=30, blank=True)
     openai_organization = models.CharField(max_length=100, blank=True)
     processing_ms = models.PositiveIntegerField(null=True, blank=True)
+    # The hint of the secret this probe used: rotating the key does not relabel history.
+    secret_hint = models.CharField("secret probed", max_length=40, blank=True)
 
     # A key's history: deleted with its key, never on its own (console/admin_base.py).
     deleted_with_parent = True
@@ -335,6 +349,70 @@ class ProbeResult(models.Model):
             if not ids:
                 return deleted
             deleted += cls.objects.filter(pk__in=ids).delete()[0]
+
+
+class KeyAction(models.TextChoices):
+    REGISTERED = "registered", "Registered"
+    ROTATED = "rotated", "Rotated"
+    SUPERSEDED_REVOKED = "superseded_revoked", "Superseded secret revoked"
+    REVOKED = "revoked", "Revoked"
+    LEAKED = "leaked", "Leaked"
+    DELETED_UPSTREAM = "deleted_upstream", "Deleted upstream"
+    OWNER_LEFT = "owner_left", "Owner left the project"
+
+
+class KeyEvent(models.Model):
+    """One event in a key's life (rotation, revocation, leak, upstream change): the
+    history the rotation report recomputes past states from. Never a secret."""
+
+    key = models.ForeignKey(ApiKey, models.CASCADE, related_name="events")
+    at = models.DateTimeField(default=now)
+    action = models.CharField(max_length=30, choices=KeyAction.choices)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+")
+    actor_label = models.CharField(max_length=150, help_text="Username, the task, or the upstream actor.")
+    source = models.CharField(max_length=20, default="console", help_text="console, or upstream (OpenAI's audit log).")
+    old_hint = models.CharField(max_length=40, blank=True)
+    new_hint = models.CharField(max_length=40, blank=True)
+    grace_until = models.DateTimeField(null=True, blank=True)
+    reason = models.CharField(max_length=300, blank=True)
+
+    deleted_with_parent = True
+
+    class Meta:
+        indexes = [models.Index(fields=["key", "at"], name="keys_keyevent_key_at")]
+
+    def __str__(self):
+        return f"{self.key_id} @ {self.at:%Y-%m-%d %H:%M:%S}: {self.get_action_display()}"
+
+
+class SupersededSecret(models.Model):
+    """A key's previous secret, still encrypted (same key id and destination in its
+    associated data), kept working until its grace period ends; then revoked (and
+    deleted upstream where the Admin API allows) and its ciphertext wiped."""
+
+    key = models.ForeignKey(ApiKey, models.CASCADE, related_name="superseded_secrets")
+    secret_ciphertext = models.BinaryField(null=True, editable=False)
+    secret_key_version = models.PositiveSmallIntegerField(null=True, editable=False)
+    fingerprint = models.CharField(max_length=64, editable=False, db_index=True)
+    hint = models.CharField(max_length=40, editable=False)
+    upstream_key_id = models.CharField(max_length=100, blank=True)
+    superseded_at = models.DateTimeField(default=now)
+    grace_until = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    deleted_upstream_at = models.DateTimeField(null=True, blank=True)
+
+    secret_fields = ("secret_ciphertext", "fingerprint")
+    deleted_with_parent = True
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["grace_until"], condition=models.Q(revoked_at__isnull=True), name="keys_superseded_in_grace"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.hint} (superseded {self.superseded_at:%Y-%m-%d})"
 
 
 class CircuitState(models.TextChoices):

@@ -249,6 +249,7 @@ def store(done, breakers, now, summary):
                 started_at=d.started_at,
                 attempts=d.attempts,
                 outcome=reply.outcome,
+                secret_hint=key.hint,
                 **{f: getattr(reply, f) if getattr(reply, f) is not None else _blank(f) for f in RESULT_FIELDS},
             )
         )

@@ -14,7 +14,7 @@ from datetime import timedelta
 from django.db import models
 from django.utils.timezone import now
 
-from accounts.models import Organization, Project
+from accounts.models import Notification, Organization, Project
 from keys.models import ApiKey
 
 
@@ -202,3 +202,70 @@ class IngestState(models.Model):
         retry-after (a minimum)."""
         exp = base_seconds * 2 ** max(self.consecutive_failures - 1, 0)
         return timedelta(seconds=max(min(exp, max_seconds), retry_after or 0))
+
+
+class ModelPrice(models.Model):
+    """What a model costs per million tokens from a date on (seeded from
+    usage/data/model_prices.csv; console admins edit it). The estimator takes the newest
+    row effective on the day it prices."""
+
+    model = models.CharField(max_length=200)
+    effective_date = models.DateField()
+    input_per_1m = models.DecimalField("input (USD per 1M tokens)", max_digits=12, decimal_places=4)
+    cached_input_per_1m = models.DecimalField(
+        "cached input (USD per 1M tokens)", max_digits=12, decimal_places=4, null=True, blank=True
+    )
+    output_per_1m = models.DecimalField("output (USD per 1M tokens)", max_digits=12, decimal_places=4)
+    source = models.CharField(max_length=300, blank=True, help_text="Where the price comes from.")
+
+    class Meta:
+        ordering = ["model", "-effective_date"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "effective_date"], name="usage_modelprice_unique_model_date")
+        ]
+
+    def __str__(self):
+        return f"{self.model} from {self.effective_date:%Y-%m-%d}"
+
+
+class AlertKind(models.TextChoices):
+    THRESHOLD = "threshold", "Threshold crossed"
+    FORECAST = "forecast", "Forecast to exceed"
+
+
+class BudgetAlert(models.Model):
+    """One budget alert per scope (organization, or one of its projects), kind, threshold
+    and month. The unique constraints make a second one impossible, however many workers
+    evaluate at once; the notification it raised carries its delivery."""
+
+    organization = models.ForeignKey(Organization, models.CASCADE, related_name="budget_alerts")
+    project = models.ForeignKey(Project, models.CASCADE, null=True, blank=True, related_name="budget_alerts")
+    kind = models.CharField(max_length=20, choices=AlertKind.choices, default=AlertKind.THRESHOLD)
+    threshold = models.PositiveSmallIntegerField(help_text="Percent of the budget.")
+    month = models.DateField(help_text="First day of the month the alert is about.")
+    spend_usd = models.DecimalField("spend (USD)", max_digits=14, decimal_places=2)
+    budget_usd = models.DecimalField("budget (USD)", max_digits=12, decimal_places=2)
+    estimated = models.BooleanField(default=False, help_text="Spend includes estimated days.")
+    created = models.DateTimeField(default=now)
+    notification = models.ForeignKey(Notification, models.PROTECT, null=True, blank=True, related_name="+")
+
+    deleted_with_parent = True
+
+    class Meta:
+        ordering = ["-created"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "kind", "threshold", "month"],
+                condition=models.Q(project__isnull=True),
+                name="usage_budgetalert_once_per_org",
+            ),
+            models.UniqueConstraint(
+                fields=["project", "kind", "threshold", "month"],
+                condition=models.Q(project__isnull=False),
+                name="usage_budgetalert_once_per_project",
+            ),
+        ]
+
+    def __str__(self):
+        scope = self.project or self.organization
+        return f"{scope}: {self.threshold}% of {self.month:%B %Y}"
