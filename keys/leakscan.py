@@ -13,7 +13,7 @@ What it looks for (the shapes are keys/formats.py's, searched unanchored, never 
     Azure    32 hexadecimal characters (or Microsoft's 84-character shape) only within
              AZURE_NEAR_LINES lines of an Azure endpoint (*.openai.azure.com,
              *.cognitiveservices.azure.com): alone, 32 hex digits are an MD5, a UUID
-             without dashes, a cache key. Prefilter: "zure.com" in the block.
+             without dashes, a cache key. Prefilter: "zure." or "ZURE." in the block.
 
 Files are read in blocks cut at line ends (a key never spans a line), each searched with
 a few lines of its neighbours for the Azure rule. Binary files (a NUL byte in the first
@@ -36,9 +36,15 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 
-from console.leakguard import find_key_shaped
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import AuditEvent
+from accounts.notifications import enqueue
+from console.leakguard import find_key_shaped, redact_key_shaped
 
 from . import crypto, formats
+from .models import ApiKey, KeyAction, KeyEvent, SupersededSecret
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +61,11 @@ FILE = "file"
 GIT_HISTORY = "git-history"
 
 _MARKER = formats.MARKER.encode()
-_AZURE_PREFILTER = (b"zure.com", b"ZURE.COM")
-_AZURE_ENDPOINT = re.compile(rb"[A-Za-z0-9\-]+\.(?:openai|cognitiveservices)\.azure\.com", re.IGNORECASE)
+# "azure." in any usual case ("azure.", "Azure.", "AZURE."): found by bytes.find, then the
+# host around it is checked (a regex over the whole text, case-insensitive, is 100 times slower).
+_AZURE_PREFILTER = (b"zure.", b"ZURE.")
+_AZURE_HOSTS = (b".openai.azure.com", b".cognitiveservices.azure.com")
+_HOST_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-")
 _KEY_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
@@ -110,6 +119,8 @@ def _finding(secret, kind, path, line, **where):
     """Fingerprint and hint a secret found at path:line. The secret goes no further."""
     text = secret.decode("ascii")
     fingerprint = "" if kind == PARTIAL else crypto.fingerprint(text)
+    # A path is shown, audited and alerted: a key-shaped file name is not repeated.
+    path = redact_key_shaped(path)
     return Finding(path=path, line=line, kind=kind, hint=formats.hint(text), fingerprint=fingerprint, **where)
 
 
@@ -169,12 +180,28 @@ def _line_bounds(buf, offset, lines):
     return lo + 1, hi
 
 
+def _azure_endpoints(buf):
+    """Offsets of Azure OpenAI endpoint host names (<resource>.openai.azure.com,
+    <resource>.cognitiveservices.azure.com, any case) in buf, in order."""
+    found = []
+    for marker in _AZURE_PREFILTER:
+        i = buf.find(marker)
+        while i >= 0:
+            host = buf[max(0, i - 24) : i + 8].lower()  # i is at "z"; "zure.com" is 8 bytes
+            for suffix in _AZURE_HOSTS:
+                at = len(host) - len(suffix)
+                if host.endswith(suffix) and at > 0 and host[at - 1] in _HOST_CHARS:
+                    found.append(i)
+            i = buf.find(marker, i + 1)
+    return sorted(found)
+
+
 def _azure_secrets(buf, start, end):
     """(offset, "azure", secret bytes) for each Azure-shaped key in buf[start:end] that lies
     within AZURE_NEAR_LINES lines of an endpoint anywhere in buf."""
     ranges = []
-    for endpoint in _AZURE_ENDPOINT.finditer(buf):
-        lo, hi = _line_bounds(buf, endpoint.start(), AZURE_NEAR_LINES)
+    for endpoint in _azure_endpoints(buf):
+        lo, hi = _line_bounds(buf, endpoint, AZURE_NEAR_LINES)
         lo, hi = max(lo, start), min(hi, end)
         if lo >= hi:
             continue
@@ -459,15 +486,103 @@ def scan(paths, git_history=False, stats=None):
     return findings, stats
 
 
-def registered_keys(findings):
-    """{fingerprint: ApiKey} for the findings that are registered keys (one query)."""
-    from .models import ApiKey
+@dataclass(frozen=True)
+class Match:
+    """A registered key whose secret a finding is: its current one, or a superseded one
+    (rotated out, possibly still working during its grace period)."""
 
+    key: ApiKey
+    secret: str  # CURRENT or SUPERSEDED
+
+
+CURRENT = "current"
+SUPERSEDED = "superseded"
+
+
+def registered_keys(findings):
+    """{fingerprint: Match} for the findings that are registered secrets, current or
+    superseded (two queries, whatever the number of findings)."""
     fingerprints = {f.fingerprint for f in findings if f.fingerprint}
     if not fingerprints:
         return {}
-    keys = ApiKey.objects.filter(fingerprint__in=fingerprints).select_related("organization", "project")
-    return {key.fingerprint: key for key in keys}
+    matches = {}
+    old = SupersededSecret.objects.filter(fingerprint__in=fingerprints).select_related(
+        "key__organization", "key__project"
+    )
+    for superseded in old:
+        matches[superseded.fingerprint] = Match(superseded.key, SUPERSEDED)
+    for key in ApiKey.objects.filter(fingerprint__in=fingerprints).select_related("organization", "project"):
+        matches[key.fingerprint] = Match(key, CURRENT)
+    return matches
+
+
+def flag_leaked(findings, registered, actor, now=None):
+    """Flag each registered key found as leaked, once: set `leaked_at`, record the audit
+    event "key.leaked" (where and which hint, never the secret), a KeyEvent "leaked", and
+    raise one alert through the outbox (dedupe key "leak:<key id>"). A key already flagged
+    gets nothing new, so scanning the same tree again changes nothing. Returns the ids of
+    the keys flagged by this call."""
+    now = now or timezone.now()
+    first = {}
+    for finding in findings:
+        match = registered.get(finding.fingerprint) if finding.fingerprint else None
+        if match is not None:
+            first.setdefault(match.key.pk, (finding, match))
+    flagged = set()
+    for pk, (finding, match) in first.items():
+        key = match.key
+        if key.leaked_at is not None:
+            continue
+        with transaction.atomic():
+            # Compare-and-swap: of two scans racing, one flags.
+            if not ApiKey.objects.filter(pk=pk, leaked_at__isnull=True).update(leaked_at=now):
+                continue
+            key.leaked_at = now
+            _record_leak(key, finding, match, actor, now)
+        flagged.add(pk)
+        logger.warning("Key %s (%s) leaked: found at %s.", key.pk, finding.hint, finding.location)
+    return flagged
+
+
+def _record_leak(key, finding, match, actor, now):
+    location = finding.location
+    if finding.source == GIT_HISTORY:
+        location += f" (git history, commit {finding.commit or finding.blob[:12]})"
+    AuditEvent.record(
+        actor,
+        "key.leaked",
+        key,
+        location=location,
+        hint=finding.hint,
+        secret=match.secret,
+        source=finding.source,
+        commit=finding.commit,
+        organization=key.organization.slug,
+        project=key.project.name if key.project_id else None,
+        owner=key.owner,
+    )
+    KeyEvent.objects.create(
+        key=key,
+        at=now,
+        action=KeyAction.LEAKED,
+        actor_label=actor,
+        reason=f"{match.secret} secret {finding.hint} found at {location}"[:300],
+    )
+    where = f"project “{key.project.name}”" if key.project_id else "the organization (admin key)"
+    revoked = f"\nThe key was revoked on {key.revoked_at:%Y-%m-%d}." if key.revoked_at else ""
+    enqueue(
+        key.organization,
+        f"leak:{key.pk}",
+        "key_leaked",
+        f"API key “{key.name}” ({finding.hint}) leaked",
+        (
+            f"The leak scan found the {match.secret} secret of API key “{key.name}” ({finding.hint}) "
+            f"of {where} in {key.organization.name}.\n"
+            f"Found at: {location}\n"
+            f"Owner: {key.owner or '-'}{revoked}\n"
+            "Rotate the key now and remove the secret from where it was found (and from git history)."
+        ),
+    )
 
 
 __all__ = [
@@ -477,4 +592,6 @@ __all__ = [
     "scan_stream",
     "scan_git_history",
     "registered_keys",
+    "flag_leaked",
+    "Match",
 ]

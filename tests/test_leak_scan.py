@@ -5,13 +5,23 @@ file:line, hints, the registered key's organization, project and owner, exit cod
 JSON shape, the leaked flag with its audit trail and alert, idempotence, and that no full
 secret reaches any output, audit event or log."""
 
+import io
+import json
+import logging
 import os
 import subprocess
+import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.utils.timezone import now
 
-from keys import formats, leakscan
+from accounts.models import AuditEvent, Notification
+from keys import crypto, formats, leakscan
+from keys.models import ApiKey, KeyAction, KeyEvent, Kind, Provider, SupersededSecret
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,6 +48,10 @@ def git(repo, *args):
     }
     result = subprocess.run(["git", "-C", str(repo), *args], env=env, capture_output=True, text=True, check=True)
     return result.stdout.strip()
+
+
+def relative(path, root):
+    return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
 
 
 def assert_secret_absent(secret, *texts):
@@ -298,3 +312,258 @@ def test_git_history_skips_binary_blobs(repo):
     findings, stats = scan(path, git_history=True)
     assert formats.hint(secret) not in {f.hint for f in findings}
     assert (stats.blobs, stats.skipped_binary) == (3, 2)  # the binary blob and .git/index
+
+
+# --- the command: who the keys are, flags, audit, alert ----------------------------------------
+def run(*args):
+    """call_command("scan_leaks", …) → (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command("scan_leaks", *[str(a) for a in args], stdout=out, stderr=err)
+        code = 0
+    except CommandError as e:
+        code = e.returncode
+        err.write(str(e))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def planted(tmp_path, make_key, org, project):
+    """A tree with registered and unregistered keys in a git repository's working tree, in
+    its history only, in a binary file, under .git/objects, and a superseded secret."""
+    repo = tmp_path / "service"
+    (repo / "config").mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main")
+    current, current_secret = make_key(name="chatbot prod", owner="ml-team")
+    admin, admin_secret = make_key(formats.ADMIN, project=None, kind=Kind.ADMIN, organization=org, name="org admin")
+    azure, azure_secret = make_key(formats.AZURE, provider=Provider.AZURE, name="azure prod", owner="platform")
+    hidden, hidden_secret = make_key(name="only in a binary")
+    rotated, rotated_secret = make_key(name="rotated", owner="search-team")
+    old_secret = formats.generate()
+    SupersededSecret.objects.create(
+        key=rotated,
+        fingerprint=crypto.fingerprint(old_secret),
+        hint=formats.hint(old_secret),
+        grace_until=now() + timedelta(days=1),
+    )
+    stranger = formats.generate(formats.SERVICE_ACCOUNT)
+    (repo / "config" / "app.env").write_text(f"# app\nDEBUG=false\nOPENAI_API_KEY={current_secret}\n")
+    (repo / "deploy.yaml").write_text(
+        f"azure:\n  endpoint: https://acme.openai.azure.com/\n  key: {azure_secret}\nother: {stranger}\n"
+    )
+    (repo / "old.txt").write_text(f"previous key\n{old_secret}\n")
+    (repo / "admin.py").write_text(f"ADMIN_KEY = '{admin_secret}'\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "first")
+    commit = git(repo, "rev-parse", "--short", "HEAD")
+    (repo / "admin.py").write_text("ADMIN_KEY = os.environ['ADMIN_KEY']\n")
+    git(repo, "commit", "-q", "-am", "no admin key in the code")
+    (repo / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0" + hidden_secret.encode())
+    objects = repo / ".git" / "objects" / "zz"
+    objects.mkdir()
+    (objects / "plain").write_text(hidden_secret)
+    return {
+        "root": repo,
+        "commit": commit,
+        "keys": {"current": current, "admin": admin, "azure": azure, "hidden": hidden, "rotated": rotated},
+        "secrets": [current_secret, admin_secret, azure_secret, hidden_secret, rotated_secret, old_secret, stranger],
+    }
+
+
+def test_the_json_report_says_where_which_hint_and_whose_and_exits_1(planted):
+    root, keys = planted["root"], planted["keys"]
+    code, out, err = run(root, "--git-history", "--format", "json")
+    assert code == 1
+    assert "4 registered keys leaked" in err
+    report = json.loads(out)
+    assert set(report) == {"findings", "summary"}
+    rows = {
+        (Path(r["path"]).resolve().relative_to(root.resolve()).as_posix(), r["line"]): r for r in report["findings"]
+    }
+    assert set(rows) == {("config/app.env", 3), ("deploy.yaml", 3), ("deploy.yaml", 4), ("old.txt", 2), ("admin.py", 1)}
+    for row in rows.values():
+        assert set(row) == {"path", "line", "source", "commit", "blob", "kind", "hint", "registered", "key"}
+    current = rows[("config/app.env", 3)]
+    assert (current["source"], current["commit"], current["blob"]) == ("file", "", "")
+    assert current["kind"] == formats.PROJECT
+    assert current["hint"] == keys["current"].hint
+    assert current["key"] == {
+        "id": str(keys["current"].pk),
+        "name": "chatbot prod",
+        "organization": "acme",
+        "project": "Chatbot",
+        "owner": "ml-team",
+        "secret": "current",
+        "revoked": False,
+        "leaked_at": current["key"]["leaked_at"],
+        "newly_flagged": True,
+    }
+    assert current["key"]["leaked_at"]
+    history = rows[("admin.py", 1)]
+    assert (history["source"], history["commit"], history["kind"]) == ("git-history", planted["commit"], "admin")
+    assert (history["key"]["name"], history["key"]["project"], history["hint"]) == (
+        "org admin",
+        None,
+        keys["admin"].hint,
+    )
+    azure = rows[("deploy.yaml", 3)]
+    assert (azure["kind"], azure["hint"], azure["key"]["owner"]) == ("azure", keys["azure"].hint, "platform")
+    stranger = rows[("deploy.yaml", 4)]
+    assert (stranger["registered"], stranger["key"], stranger["kind"]) == (False, None, formats.SERVICE_ACCOUNT)
+    old = rows[("old.txt", 2)]
+    assert (old["key"]["name"], old["key"]["secret"], old["key"]["owner"]) == ("rotated", "superseded", "search-team")
+    assert old["hint"] != keys["rotated"].hint  # the hint of the secret found, not the current one
+    summary = report["summary"]
+    assert (summary["findings"], summary["registered_keys"], summary["newly_flagged"]) == (5, 4, 4)
+    assert summary["skipped_binary"] >= 2  # logo.png, .git/index (and the blob of neither)
+    assert summary["git_repositories"] == 1 and summary["not_scanned"] == []
+
+
+def test_the_table_names_each_location_hint_and_owner(planted):
+    root, keys = planted["root"], planted["keys"]
+    code, out, err = run(root)
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0].split() == ["LOCATION", "KIND", "HINT", "ORGANIZATION", "PROJECT", "KEY", "OWNER"]
+    row = next(line for line in lines if "app.env:3" in line)
+    for text in (keys["current"].hint, "acme", "Chatbot", "chatbot prod", "ml-team", "flagged leaked"):
+        assert text in row
+    assert "(not registered)" in next(line for line in lines if "deploy.yaml:4" in line)
+    assert "superseded secret" in next(line for line in lines if "old.txt:2" in line)
+    assert not any("admin.py" in line for line in lines)  # only in history, not asked for
+    assert "4 secrets found, 3 registered keys (3 newly flagged leaked)" in lines[-1]
+    code, out, _ = run(root, "--git-history")
+    row = next(line for line in out.splitlines() if "admin.py:1" in line)
+    assert f"(history, commit {planted['commit']})" in row and keys["admin"].hint in row
+
+
+def test_a_found_key_is_flagged_audited_and_alerted_once_and_a_rerun_adds_nothing(planted):
+    root, keys = planted["root"], planted["keys"]
+    assert run(root, "--git-history")[0] == 1
+    found = ["current", "admin", "azure", "rotated"]
+    for name, key in keys.items():
+        key.refresh_from_db()
+        assert (key.leaked_at is not None) == (name in found), name
+    flagged_at = {name: keys[name].leaked_at for name in found}
+    events = AuditEvent.objects.filter(action="key.leaked")
+    assert sorted(e.target_id for e in events) == sorted(str(keys[n].pk) for n in found)
+    event = events.get(target_id=str(keys["current"].pk))
+    assert event.actor_label == "cli:scan_leaks"
+    assert event.details["location"].endswith("config/app.env:3")
+    assert event.details["hint"] == keys["current"].hint
+    assert (event.details["organization"], event.details["project"], event.details["owner"]) == (
+        "acme",
+        "Chatbot",
+        "ml-team",
+    )
+    history_event = events.get(target_id=str(keys["admin"].pk))
+    assert history_event.details["location"].endswith(f"admin.py:1 (git history, commit {planted['commit']})")
+    key_events = KeyEvent.objects.filter(action=KeyAction.LEAKED)
+    assert sorted(str(e.key_id) for e in key_events) == sorted(str(keys[n].pk) for n in found)
+    assert all(e.actor_label == "cli:scan_leaks" for e in key_events)
+    notes = Notification.objects.all()
+    assert sorted(n.dedupe_key for n in notes) == sorted(f"leak:{keys[n].pk}" for n in found)
+    note = notes.get(dedupe_key=f"leak:{keys['current'].pk}")
+    assert note.kind == "key_leaked" and note.organization == keys["current"].organization
+    assert "chatbot prod" in note.subject and keys["current"].hint in note.subject
+    assert "config/app.env:3" in note.text and "ml-team" in note.text
+
+    before = (AuditEvent.objects.count(), KeyEvent.objects.count(), Notification.objects.count())
+    code, out, _ = run(root, "--git-history", "--format", "json")
+    assert code == 1  # still leaked: still a failure for CI
+    assert (AuditEvent.objects.count(), KeyEvent.objects.count(), Notification.objects.count()) == before
+    assert {r["key"]["newly_flagged"] for r in json.loads(out)["findings"] if r["key"]} == {False}
+    for name in found:
+        keys[name].refresh_from_db()
+        assert keys[name].leaked_at == flagged_at[name]
+
+
+def test_a_tree_with_only_unregistered_keys_exits_0_and_changes_nothing(tmp_path, make_key):
+    make_key()  # registered, but not in the tree
+    (tmp_path / "a.env").write_text(f"KEY={formats.generate()}\n")
+    code, out, _ = run(tmp_path, "--format", "json")
+    assert code == 0
+    assert [r["registered"] for r in json.loads(out)["findings"]] == [False]
+    assert (AuditEvent.objects.count(), KeyEvent.objects.count(), Notification.objects.count()) == (0, 0, 0)
+    assert not ApiKey.objects.filter(leaked_at__isnull=False).exists()
+    assert run(tmp_path / "a.env")[0] == 0
+
+
+def test_a_missing_path_is_a_usage_error(tmp_path, db):
+    code, _, err = run(tmp_path / "nope")
+    assert code == 2 and "No such file or directory" in err
+
+
+def test_registered_keys_are_looked_up_in_two_queries_however_many_findings(
+    tmp_path, make_key, django_assert_num_queries
+):
+    secrets_ = [make_key()[1] for _ in range(5)] + [formats.generate() for _ in range(20)]
+    (tmp_path / "many.txt").write_text("\n".join(secrets_))
+    findings, _ = scan(tmp_path)
+    assert len(findings) == 25
+    with django_assert_num_queries(2):
+        registered = leakscan.registered_keys(findings)
+    assert len(registered) == 5
+
+
+@pytest.fixture
+def every_log_record(caplog):
+    """caplog at DEBUG for every logger, including those that do not propagate to root."""
+    caplog.set_level(logging.DEBUG)
+    for name in list(logging.root.manager.loggerDict):
+        caplog.set_level(logging.DEBUG, logger=name)
+    yield caplog
+
+
+def test_no_secret_reaches_the_output_the_audit_log_the_history_the_alerts_or_the_logs(planted, every_log_record):
+    root = planted["root"]
+    texts = []
+    for args in ([], ["--format", "json"], ["--git-history"], ["--git-history", "--format", "json"]):
+        code, out, err = run(root, *args)
+        assert code == 1
+        texts += [out, err]
+    texts += [json.dumps(e.details) + e.target_repr for e in AuditEvent.objects.all()]
+    texts += [e.reason + e.old_hint + e.new_hint for e in KeyEvent.objects.all()]
+    texts += [n.subject + n.text for n in Notification.objects.all()]
+    logged = []
+    for record in every_log_record.records:
+        logged.append(record.getMessage())
+        logged.append(repr(record.__dict__))
+    texts.append("\n".join(logged) + every_log_record.text)
+    assert "leaked: found at" in texts[-1]  # the scan did log, at WARNING
+    assert AuditEvent.objects.filter(action="key.leaked").count() == 4
+    for secret in planted["secrets"]:
+        assert_secret_absent(secret, *texts)
+
+
+def test_the_real_command_line_exits_1_0_and_2(transactional_db, tmp_path, make_key, settings):
+    db = settings.DATABASES["default"]
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+    }
+
+    def manage(*args):
+        result = subprocess.run(
+            [sys.executable, "manage.py", "scan_leaks", *map(str, args)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        return result.returncode, result.stdout + result.stderr
+
+    key, secret = make_key(name="cli key")
+    (tmp_path / "leaky").mkdir()
+    (tmp_path / "leaky" / "a.py").write_text(f"KEY = '{secret}'\n")
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "clean" / "b.py").write_text(f"KEY = '{formats.generate()}'\n")
+    code, output = manage(tmp_path / "leaky")
+    assert code == 1 and "cli key" in output and key.hint in output
+    assert_secret_absent(secret, output)
+    key.refresh_from_db()
+    assert key.leaked_at is not None
+    assert manage(tmp_path / "clean")[0] == 0
+    assert manage(tmp_path / "missing")[0] == 2
+    assert manage(tmp_path / "clean", "--format", "xml")[0] == 2
