@@ -567,3 +567,25 @@ def test_the_real_command_line_exits_1_0_and_2(transactional_db, tmp_path, make_
     assert manage(tmp_path / "clean")[0] == 0
     assert manage(tmp_path / "missing")[0] == 2
     assert manage(tmp_path / "clean", "--format", "xml")[0] == 2
+
+
+# --- the key list's "leaked" filter ---------------------------------------------------------
+@pytest.mark.parametrize("role", ["admin_client", "reviewer_client"])
+def test_admins_and_reviewers_can_list_the_keys_a_scan_flagged(request, role, tmp_path, make_key):
+    leaked, secret = make_key(name="leaked one")
+    make_key(name="clean one")
+    (tmp_path / "a.env").write_text(secret)
+    assert run(tmp_path)[0] == 1
+    client = request.getfixturevalue(role)
+    url = "/admin/keys/apikey/"
+    page = client.get(url, {"leaked_at__isempty": "0"})
+    assert page.status_code == 200
+    assert [k.name for k in page.context["cl"].result_list] == ["leaked one"]
+    assert secret not in page.content.decode()
+    page = client.get(url, {"leaked_at__isempty": "1"})
+    assert [k.name for k in page.context["cl"].result_list] == ["clean one"]
+
+
+def test_anonymous_visitors_get_the_login_page_for_the_leaked_filter(client, make_key):
+    page = client.get("/admin/keys/apikey/", {"leaked_at__isempty": "0"})
+    assert page.status_code == 302 and "/login/" in page["Location"]
