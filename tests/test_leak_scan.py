@@ -512,7 +512,14 @@ def every_log_record(caplog):
     caplog.set_level(logging.DEBUG)
     for name in list(logging.root.manager.loggerDict):
         caplog.set_level(logging.DEBUG, logger=name)
+    detached = []
+    for logger in list(logging.root.manager.loggerDict.values()):
+        if isinstance(logger, logging.Logger) and not logger.propagate:
+            logger.addHandler(caplog.handler)
+            detached.append(logger)
     yield caplog
+    for logger in detached:
+        logger.removeHandler(caplog.handler)
 
 
 def test_no_secret_reaches_the_output_the_audit_log_the_history_the_alerts_or_the_logs(planted, every_log_record):
@@ -531,6 +538,7 @@ def test_no_secret_reaches_the_output_the_audit_log_the_history_the_alerts_or_th
         logged.append(repr(record.__dict__))
     texts.append("\n".join(logged) + every_log_record.text)
     assert "leaked: found at" in texts[-1]  # the scan did log, at WARNING
+    assert any(r.levelno == logging.DEBUG and r.getMessage().startswith("Scanned ") for r in every_log_record.records)
     assert AuditEvent.objects.filter(action="key.leaked").count() == 4
     for secret in planted["secrets"]:
         assert_secret_absent(secret, *texts)
