@@ -433,6 +433,7 @@ def test_the_table_names_each_location_hint_and_owner(planted):
     assert not any("admin.py" in line for line in lines)  # only in history, not asked for
     assert "4 secrets found, 3 registered keys (3 newly flagged leaked)" in lines[-1]
     code, out, _ = run(root, "--git-history")
+    assert "blobs from the history of 1 git repository;" in out.splitlines()[-1]
     row = next(line for line in out.splitlines() if "admin.py:1" in line)
     assert f"(history, commit {planted['commit']})" in row and keys["admin"].hint in row
 
@@ -597,3 +598,16 @@ def test_admins_and_reviewers_can_list_the_keys_a_scan_flagged(request, role, tm
 def test_anonymous_visitors_get_the_login_page_for_the_leaked_filter(client, make_key):
     page = client.get("/admin/keys/apikey/", {"leaked_at__isempty": "0"})
     assert page.status_code == 302 and "/login/" in page["Location"]
+
+
+def test_two_scans_racing_flag_a_key_once(tmp_path, make_key):
+    key, secret = make_key()
+    (tmp_path / "a.env").write_text(secret)
+    findings, _ = scan(tmp_path)
+    # Both scans read the key before either flagged it.
+    first, second = leakscan.registered_keys(findings), leakscan.registered_keys(findings)
+    assert leakscan.flag_leaked(findings, first, actor="cli:scan_leaks") == {key.pk}
+    assert leakscan.flag_leaked(findings, second, actor="cli:scan_leaks") == set()
+    assert AuditEvent.objects.filter(action="key.leaked").count() == 1
+    assert KeyEvent.objects.filter(action=KeyAction.LEAKED).count() == 1
+    assert Notification.objects.count() == 1

@@ -131,7 +131,11 @@ class Command(GuardedCommand):
         megabytes = summary["bytes"] / 1_000_000
         scanned = f"Scanned {summary['files']} file{'s' if summary['files'] != 1 else ''} ({megabytes:.1f} MB)"
         if summary["git_repositories"]:
-            scanned += f" and {summary['git_blobs']} blobs in {summary['git_repositories']} git history"
+            repositories = summary["git_repositories"]
+            scanned += (
+                f" and {summary['git_blobs']} blobs from the history of {repositories} git "
+                f"repositor{'ies' if repositories != 1 else 'y'}"
+            )
         self.stdout.write(
             f"{scanned}; skipped {summary['skipped_binary']} binary. "
             f"{summary['findings']} secret{'s' if summary['findings'] != 1 else ''} found, "
