@@ -192,7 +192,14 @@ class ApiKeyAdmin(AuditedAdmin):
     ]
     list_select_related = ["organization", "project"]
     ordering = ["organization__name", "project__name", "name"]
-    list_filter = ["provider", "kind", "organization", StatusFilter, LastProbeFilter]
+    list_filter = [
+        "provider",
+        "kind",
+        "organization",
+        StatusFilter,
+        LastProbeFilter,
+        ("leaked_at", admin.EmptyFieldListFilter),  # set by manage.py scan_leaks
+    ]
     # Never secret_ciphertext or fingerprint (ApiKey.secret_fields).
     search_fields = ["name", "hint", "owner", "upstream_key_id", "project__name", "organization__name"]
     actions = ["probe_selected", "revoke_selected"]
