@@ -6,11 +6,18 @@ fingerprint (ApiKey.secret_fields, enforced by console.admin_base.GuardedAdmin),
 audit events carry only hints, ids and field values (accounts.audit).
 """
 
+from django.conf import settings
 from django.contrib import admin, messages
-from django.db import transaction
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.db import models, transaction
+from django.http import Http404, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.utils.timezone import now
+from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts import admin as accounts_admin
@@ -19,8 +26,8 @@ from accounts.models import AuditEvent, Organization, Project
 from console.admin_base import ReadOnlyAdmin, badge
 from console.upstream import Outcome
 
-from . import tasks
-from .forms import ApiKeyForm
+from . import rotation, tasks
+from .forms import ApiKeyForm, RevokeForm, RotateForm
 from .models import ApiKey, Circuit, CircuitState, Kind, ProbeResult
 
 BADGE_CSS = {"all": ["keys/admin.css"]}
@@ -288,11 +295,137 @@ class ApiKeyAdmin(AuditedAdmin):
 
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_selected(self, request, queryset):
-        keys = list(queryset.active())
-        ApiKey.objects.filter(pk__in=[k.pk for k in keys]).update(revoked_at=now())
-        for key in keys:
-            AuditEvent.record(request.user, "key.revoked", key, **key.audit_details())
-        self.message_user(request, f"Revoked {len(keys)} key(s).", messages.SUCCESS)
+        # The same path as the Revoke page (history row, audit event, no next probe),
+        # without the upstream delete; the reason says where it came from.
+        revoked = 0
+        for key in queryset.active():
+            try:
+                rotation.revoke(key, request.user, "Revoked from the key list (bulk action).")
+            except rotation.RotationRefused:
+                continue  # revoked meanwhile
+            revoked += 1
+        self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)
+
+    # --- Rotate and Revoke: a page per action, like Django's change-password view ------
+    def get_urls(self):
+        info = self.opts.app_label, self.opts.model_name
+        view = self.admin_site.admin_view
+        return [
+            path("<path:object_id>/rotate/", view(self.rotate_view), name="{}_{}_rotate".format(*info)),
+            path("<path:object_id>/revoke/", view(self.revoke_view), name="{}_{}_revoke".format(*info)),
+            *super().get_urls(),
+        ]
+
+    def key_action_urls(self, request, key):
+        """[(label, url)] of the actions this user may take on this key."""
+        if key is None or key.is_revoked() or not self.has_change_permission(request, key):
+            return []
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            ("Rotate key", reverse("admin:{}_{}_rotate".format(*info), args=[key.pk])),
+            ("Revoke", reverse("admin:{}_{}_revoke".format(*info), args=[key.pk])),
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        key = self.get_object(request, unquote(object_id))
+        extra_context = {**(extra_context or {}), "key_actions": self.key_action_urls(request, key)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        key = self.get_object(request, unquote(object_id))
+        extra_context = {**(extra_context or {}), "unlinked": unlinked_rows(key) if key else []}
+        return super().delete_view(request, object_id, extra_context)
+
+    def key_for_action(self, request, object_id):
+        key = self.get_object(request, unquote(object_id))
+        if key is None:
+            raise Http404("No such key.")
+        if not self.has_change_permission(request, key):
+            raise PermissionDenied
+        return key
+
+    def action_page(self, request, key, action, form, **context):
+        titles = {"rotate": "Rotate key", "revoke": "Revoke key"}
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": key,
+            "title": f"{titles[action]}: {key}",
+            "action": action,
+            "action_title": titles[action],
+            "submit_label": titles[action],
+            "form": form,
+            **context,
+        }
+        return TemplateResponse(request, f"admin/keys/apikey/{action}.html", context)
+
+    def back_to_key(self, key):
+        return HttpResponseRedirect(reverse("admin:keys_apikey_change", args=[key.pk]))
+
+    @method_decorator(sensitive_post_parameters("secret"))
+    @method_decorator(csrf_protect)
+    def rotate_view(self, request, object_id):
+        key = self.key_for_action(request, object_id)
+        if key.is_revoked():
+            self.message_user(request, rotation.RotationRefused.REVOKED, messages.ERROR)
+            return self.back_to_key(key)
+        form = RotateForm(key, request.POST if request.method == "POST" else None)
+        if form.is_valid():
+            try:
+                done = rotation.rotate(
+                    key, form.cleaned_data["secret"], request.user, upstream_key_id=form.cleaned_data["upstream_key_id"]
+                )
+            except rotation.RotationRefused as e:
+                form.add_error("secret", str(e))
+            else:
+                self.message_user(
+                    request,
+                    f"Rotated: {done.new_hint} is the key's secret now (its probe succeeded). The previous secret "
+                    f"{done.old_hint} keeps working until {done.grace_until:%Y-%m-%d %H:%M} UTC, then it is revoked.",
+                    messages.SUCCESS,
+                )
+                return self.back_to_key(key)
+        return self.action_page(request, key, "rotate", form, grace_hours=settings.ROTATION_GRACE_HOURS)
+
+    @method_decorator(csrf_protect)
+    def revoke_view(self, request, object_id):
+        key = self.key_for_action(request, object_id)
+        if key.is_revoked():
+            self.message_user(request, "This key is revoked already.", messages.WARNING)
+            return self.back_to_key(key)
+        can_delete, why_not = rotation.can_delete_upstream(key)
+        form = RevokeForm(can_delete, request.POST if request.method == "POST" else None)
+        if form.is_valid():
+            try:
+                done = rotation.revoke(
+                    key,
+                    request.user,
+                    form.cleaned_data["reason"],
+                    delete_upstream=bool(form.cleaned_data.get("delete_upstream")),
+                )
+            except rotation.RotationRefused as e:
+                self.message_user(request, str(e), messages.WARNING)
+                return self.back_to_key(key)
+            if done.deleted_upstream:
+                self.message_user(request, "Revoked, and deleted upstream.", messages.SUCCESS)
+            elif done.delete_asked:
+                self.message_user(request, f"Revoked in the console. {done.note}", messages.WARNING)
+            else:
+                self.message_user(request, "Revoked in the console (not deleted upstream).", messages.SUCCESS)
+            return self.back_to_key(key)
+        return self.action_page(request, key, "revoke", form, can_delete_upstream=can_delete, why_not_upstream=why_not)
+
+
+def unlinked_rows(obj):
+    """[(label, count)] of rows that point at `obj` and are kept (their link set to NULL)
+    when it is deleted, e.g. usage rows. Found generically: keys may not import usage."""
+    rows = []
+    for rel in obj._meta.related_objects:
+        if rel.on_delete is models.SET_NULL and not rel.many_to_many:
+            count = rel.related_model._default_manager.filter(**{rel.field.name: obj}).count()
+            if count:
+                rows.append((rel.related_model._meta.verbose_name_plural.capitalize(), count))
+    return rows
 
 
 @admin.register(ProbeResult)
