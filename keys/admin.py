@@ -6,6 +6,7 @@ fingerprint (ApiKey.secret_fields, enforced by console.admin_base.GuardedAdmin),
 audit events carry only hints, ids and field values (accounts.audit).
 """
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
@@ -312,6 +313,7 @@ class ApiKeyAdmin(AuditedAdmin):
         view = self.admin_site.admin_view
         return [
             path("<path:object_id>/rotate/", view(self.rotate_view), name="{}_{}_rotate".format(*info)),
+            path("<path:object_id>/rotate-via-api/", view(self.rotate_api_view), name="{}_{}_rotate_api".format(*info)),
             path("<path:object_id>/revoke/", view(self.revoke_view), name="{}_{}_revoke".format(*info)),
             *super().get_urls(),
         ]
@@ -321,10 +323,11 @@ class ApiKeyAdmin(AuditedAdmin):
         if key is None or key.is_revoked() or not self.has_change_permission(request, key):
             return []
         info = self.opts.app_label, self.opts.model_name
-        return [
-            ("Rotate key", reverse("admin:{}_{}_rotate".format(*info), args=[key.pk])),
-            ("Revoke", reverse("admin:{}_{}_revoke".format(*info), args=[key.pk])),
-        ]
+        actions = [("Rotate key", reverse("admin:{}_{}_rotate".format(*info), args=[key.pk]))]
+        if rotation.api_rotation_available(key)[0]:
+            actions.append(("Rotate via API", reverse("admin:{}_{}_rotate_api".format(*info), args=[key.pk])))
+        actions.append(("Revoke", reverse("admin:{}_{}_revoke".format(*info), args=[key.pk])))
+        return actions
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         key = self.get_object(request, unquote(object_id))
@@ -345,7 +348,7 @@ class ApiKeyAdmin(AuditedAdmin):
         return key
 
     def action_page(self, request, key, action, form, **context):
-        titles = {"rotate": "Rotate key", "revoke": "Revoke key"}
+        titles = {"rotate": "Rotate key", "rotate_api": "Rotate via API", "revoke": "Revoke key"}
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -385,7 +388,44 @@ class ApiKeyAdmin(AuditedAdmin):
                     messages.SUCCESS,
                 )
                 return self.back_to_key(key)
-        return self.action_page(request, key, "rotate", form, grace_hours=settings.ROTATION_GRACE_HOURS)
+        api_ok, api_note = rotation.api_rotation_available(key)
+        return self.action_page(
+            request,
+            key,
+            "rotate",
+            form,
+            grace_hours=settings.ROTATION_GRACE_HOURS,
+            api_url=reverse("admin:keys_apikey_rotate_api", args=[key.pk]) if api_ok else "",
+            api_note="" if api_ok else f"Rotate via API is not offered: {api_note}",
+        )
+
+    @method_decorator(csrf_protect)
+    def rotate_api_view(self, request, object_id):
+        key = self.key_for_action(request, object_id)
+        available, why_not = rotation.api_rotation_available(key)
+        form = forms.Form(request.POST if request.method == "POST" else None)
+        if available and form.is_valid():
+            try:
+                done = rotation.rotate_via_api(key, request.user)
+            except rotation.RotationRefused as e:
+                self.message_user(request, str(e), messages.ERROR)
+            else:
+                self.message_user(
+                    request,
+                    f"Rotated via the Administration API: the new key {done.new_hint} was created, probed and put in "
+                    f"(never shown). The previous key {done.old_hint} keeps working until "
+                    f"{done.grace_until:%Y-%m-%d %H:%M} UTC, then it is deleted upstream.",
+                    messages.SUCCESS,
+                )
+            return self.back_to_key(key)
+        return self.action_page(
+            request,
+            key,
+            "rotate_api",
+            form if available else None,
+            why_not=why_not,
+            grace_hours=settings.ROTATION_GRACE_HOURS,
+        )
 
     @method_decorator(csrf_protect)
     def revoke_view(self, request, object_id):

@@ -38,7 +38,7 @@ from console import upstream
 from console.upstream import RESULT_FIELDS, Outcome
 
 from . import upstream_keys
-from .models import ApiKey, KeyAction, KeyEvent, ProbeResult, SupersededSecret
+from .models import ApiKey, KeyAction, KeyEvent, Kind, ProbeResult, Provider, SupersededSecret
 from .probe import target_for
 
 log = logging.getLogger(__name__)
@@ -239,6 +239,92 @@ def supersede(key, candidate, reply, actor, upstream_key_id="", now=None, via="c
             ignore_conflicts=True,
         )
     return Rotated(locked, superseded, old_hint, locked.hint, grace_until)
+
+
+# --- rotate via the Administration API ----------------------------------------------------
+PROJECT_KEY_NOT_ISSUABLE = (
+    "A project key belongs to a user, and the Administration API cannot create one (OpenAI's spec has no "
+    "endpoint for it): create the new key in the OpenAI dashboard and use “Rotate key” to paste it."
+)
+
+
+def api_rotation_available(key):
+    """(True, "") when "Rotate via API" can replace this key, else (False, why not)."""
+    if key.is_revoked():
+        return False, RotationRefused.REVOKED
+    if key.provider != Provider.OPENAI:
+        return False, "Azure OpenAI keys are not issued by OpenAI's Administration API."
+    if key.kind == Kind.PROJECT:
+        return False, PROJECT_KEY_NOT_ISSUABLE
+    if key.kind == Kind.SERVICE_ACCOUNT and not (key.project_id and key.project.openai_project_id):
+        return False, "Its project has no OpenAI project id."
+    if upstream_keys.admin_key_for(key.organization) is None:
+        return False, "The organization has no active admin key."
+    return True, ""
+
+
+def rotate_via_api(key, actor, now=None):
+    """Replace `key` with a new key the Administration API creates (a new service account
+    in its project, or a new admin key). The new secret is never shown: it is encrypted,
+    probed and swapped in like a pasted one (the old key is deleted upstream when its
+    grace ends). If it cannot be put in, the key just created is deleted upstream again
+    and RotationRefused says why."""
+    key = ApiKey.objects.select_related("organization", "project").get(pk=key.pk)
+    ok, why_not = api_rotation_available(key)
+    if not ok:
+        raise RotationRefused(why_not)
+    admin_key = upstream_keys.admin_key_for(key.organization)
+    now = now or timezone.now()
+    name = f"{key.name} (rotated {now:%Y-%m-%d %H:%M})"[:200]
+    issued = upstream_keys.issue(admin_key, key, name)
+    if not issued.secret:
+        reply = issued.reply
+        detail = f": {reply.message}" if reply.message else ""
+        raise RotationRefused(
+            f"Nothing was changed: the Administration API did not create a key (“{outcome_label(reply.outcome)}”"
+            f"{detail})."
+        )
+    try:
+        return _put_in(key, issued, actor, now)
+    except RotationRefused as refused:
+        note = withdraw(admin_key, key, issued.upstream_id)
+        raise RotationRefused(f"{refused} {note}") from None
+    finally:
+        issued.secret = ""
+
+
+def _put_in(key, issued, actor, now):
+    try:
+        candidate = prepare(key, issued.secret)
+    except RotationRefused as e:
+        raise RotationRefused(f"The key the Administration API created was refused: {e}") from None
+    reply = probe_secret(candidate, issued.secret)
+    if reply.outcome != Outcome.OK:
+        AuditEvent.record(
+            actor,
+            "key.rotation_refused",
+            key,
+            hint=key.hint,
+            new_hint=candidate.hint,
+            outcome=reply.outcome,
+            message=reply.message,
+            via="api",
+        )
+        raise RotationRefused(f"Nothing was changed: the new key's probe said “{outcome_label(reply.outcome)}”.")
+    return supersede(key, candidate, reply, actor, upstream_key_id=issued.upstream_id, now=now, via="api")
+
+
+def withdraw(admin_key, key, upstream_id):
+    """Delete a key just created upstream that could not be put in. Returns a sentence."""
+    project_id = key.project.openai_project_id if key.project_id else ""
+    what, reason = upstream_keys.where_to_delete(key.kind, project_id, upstream_id)
+    if what is not None and upstream_keys.delete(admin_key, what, project_id).outcome in (
+        Outcome.OK,
+        Outcome.NOT_FOUND,
+    ):
+        return f"The key created upstream ({upstream_id}) was deleted again."
+    log.warning("key %s: could not withdraw the upstream key %s it just created", key.pk, upstream_id)
+    return f"The key created upstream ({upstream_id}) could not be deleted again: delete it in the dashboard."
 
 
 # --- grace end ------------------------------------------------------------------------

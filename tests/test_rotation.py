@@ -466,3 +466,121 @@ def test_console_admins_see_the_buttons_on_an_active_key(admin_client, live):
     key, _ = live
     page = admin_client.get(change_url(key)).content.decode()
     assert rotate_url(key) in page and revoke_url(key) in page
+
+
+# --- Rotate via API -------------------------------------------------------------------
+
+SVC_OLD = "svc_acct_RotOld000001"
+
+
+@pytest.fixture
+def service_key(sandbox, settings, org, project, make_key, live, upstream_org):
+    """A service-account key whose service account exists upstream; returns (key, secret)."""
+    key, secret = make_key(
+        fmt=formats.SERVICE_ACCOUNT, kind=Kind.SERVICE_ACCOUNT, name="CI bot", upstream_key_id=SVC_OLD
+    )
+    sandbox.register(secret, project=project.openai_project_id, organization=org.openai_org_id)
+    sandbox.seed_admin(
+        org.openai_org_id,
+        replace=False,
+        projects=[
+            {
+                "id": project.openai_project_id,
+                "name": project.name,
+                "users": [{"id": "user_owner", "role": "owner"}],
+                "service_accounts": [{"id": SVC_OLD, "name": "ci"}],
+                "api_keys": [
+                    {"id": OLD_ID, "name": "prod", "owner": {"user": "user_owner"}, "key": live[1]},
+                    {"id": "key_RotSvcOld00001", "name": "ci", "owner": {"service_account": SVC_OLD}, "key": secret},
+                ],
+            }
+        ],
+    )
+    return key, secret
+
+
+def rotate_api_url(key):
+    return reverse("admin:keys_apikey_rotate_api", args=[key.pk])
+
+
+def test_rotate_via_api_replaces_a_service_account_key_without_ever_showing_it(
+    admin_client, sandbox, org, project, service_key, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    key, old = service_key
+    page = text(admin_client.get(change_url(key)))
+    assert rotate_api_url(key) in page
+    confirm = text(admin_client.get(rotate_api_url(key)))
+    assert "new service account" in confirm
+    response = admin_client.post(rotate_api_url(key), {}, follow=True)
+    shown = text(response)
+    assert "Rotated via the Administration API" in shown
+    calls = sandbox.admin_state(org.openai_org_id)["calls"]
+    assert calls[f"POST /v1/organization/projects/{project.openai_project_id}/service_accounts"] == 1
+    key.refresh_from_db()
+    new = key.reveal_secret()
+    assert new.startswith("sk-svcacct-") and new != old
+    assert key.upstream_key_id.startswith("svc_acct_") and key.upstream_key_id != SVC_OLD
+    assert sandbox.stats()["per_key"][formats.hint(new)] == 1  # probed once before it went in
+    (row,) = SupersededSecret.objects.filter(key=key)
+    assert row.upstream_key_id == SVC_OLD and row.hint == formats.hint(old)
+    assert AuditEvent.objects.get(action="key.rotated").details["via"] == "api"
+
+    # When the grace ends, the old service account (and with it its key) is deleted upstream.
+    assert rotation.end_grace_periods(now=row.grace_until) == {"revoked": 1}
+    calls = sandbox.admin_state(org.openai_org_id)["calls"]
+    assert calls[f"DELETE /v1/organization/projects/{project.openai_project_id}/service_accounts/{SVC_OLD}"] == 1
+    assert probe_status(sandbox, old) == 401 and probe_status(sandbox, new) == 200
+    for secret in (old, new):
+        assert_no_secret(secret, page, confirm, shown, everything_stored(), caplog.text)
+
+
+def test_rotate_via_api_replaces_the_admin_key_itself(admin_client, sandbox, org, live, upstream_org, caplog):
+    admin = upstream_org
+    ApiKey.objects.filter(pk=admin.pk).update(upstream_key_id="key_RotAdmin0000001")
+    old = ApiKey.objects.get(pk=admin.pk).reveal_secret()
+    response = admin_client.post(rotate_api_url(admin), {}, follow=True)
+    assert "Rotated via the Administration API" in text(response)
+    admin.refresh_from_db()
+    new = admin.reveal_secret()
+    assert new.startswith("sk-admin-") and new != old
+    calls = sandbox.admin_state(org.openai_org_id)["calls"]
+    assert calls["POST /v1/organization/admin_api_keys"] == 1
+    row = SupersededSecret.objects.get(key=admin)
+    # The new admin key deletes the old one when the grace ends.
+    assert rotation.end_grace_periods(now=row.grace_until) == {"revoked": 1}
+    calls = sandbox.admin_state(org.openai_org_id)["calls"]
+    assert calls["DELETE /v1/organization/admin_api_keys/key_RotAdmin0000001"] == 1
+    assert_no_secret(new, text(response), everything_stored(), caplog.text)
+
+
+def test_a_user_owned_project_key_is_not_offered_rotate_via_api(admin_client, sandbox, org, live, upstream_org):
+    key, _ = live
+    assert rotate_api_url(key) not in text(admin_client.get(change_url(key)))
+    assert "cannot create one" in text(admin_client.get(rotate_url(key)))
+    before = key_state(key)
+    response = admin_client.post(rotate_api_url(key), {})
+    assert response.status_code == 200 and "cannot create one" in text(response)
+    assert key_state(key) == before
+    assert not any(c.startswith("POST") for c in sandbox.admin_state(org.openai_org_id)["calls"])
+
+
+def test_rotate_via_api_changes_nothing_when_the_api_refuses(admin_client, sandbox, org, project, service_key):
+    key, _ = service_key
+    path = f"/v1/organization/projects/{project.openai_project_id}/service_accounts"
+    sandbox.seed_admin(
+        org.openai_org_id, replace=False, faults=[{"path": path, "method": "POST", "fault": "server_error"}]
+    )
+    before = key_state(key)
+    response = admin_client.post(rotate_api_url(key), {}, follow=True)
+    assert "Nothing was changed" in text(response) and "Server error" in text(response)
+    assert key_state(key) == before and not SupersededSecret.objects.exists()
+
+
+def test_a_reviewer_cannot_rotate_via_api(reviewer_client, sandbox, org, service_key):
+    key, _ = service_key
+    before = key_state(key)
+    assert reviewer_client.get(rotate_api_url(key)).status_code == 403
+    assert reviewer_client.post(rotate_api_url(key), {}).status_code == 403
+    assert key_state(key) == before
+    assert not any(c.startswith("POST") for c in sandbox.admin_state(org.openai_org_id)["calls"])
