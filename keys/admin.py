@@ -218,6 +218,7 @@ class ApiKeyAdmin(KeyActionsAdmin, AuditedAdmin):
             "Last probe",
             {"fields": ["last_probe", "last_probe_at", "last_success_at", "consecutive_failures", "next_probe_at"]},
         ),
+        ("History", {"fields": ["rotated_by", "key_history"], "classes": ["collapse"]}),
     ]
     readonly_fields = [
         "hint",
@@ -229,6 +230,8 @@ class ApiKeyAdmin(KeyActionsAdmin, AuditedAdmin):
         "last_success_at",
         "consecutive_failures",
         "next_probe_at",
+        "rotated_by",
+        "key_history",
     ]
 
     class Media:

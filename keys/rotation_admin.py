@@ -8,7 +8,7 @@ Security reviewers (view only) get 403 and see no buttons; a revoked key has non
 
 from django import forms
 from django.conf import settings
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db import models
@@ -16,6 +16,7 @@ from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.decorators import method_decorator
+from django.utils.html import format_html, format_html_join
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters
 
@@ -25,6 +26,42 @@ from .forms import RevokeForm, RotateForm
 
 class KeyActionsAdmin:
     """Mix into the ApiKey admin (before its ModelAdmin base)."""
+
+    @admin.display(description="history")
+    def key_history(self, key):
+        """The key's history (KeyEvent) and its superseded secrets, newest first: hints,
+        dates and who acted, never a secret."""
+        if key is None or key.pk is None:
+            return "—"
+        events = key.events.order_by("-at", "-pk")[:50]
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    f"{e.at:%Y-%m-%d %H:%M}",
+                    e.get_action_display(),
+                    e.actor_label,
+                    " → ".join(h for h in (e.old_hint, e.new_hint) if h),
+                    e.reason or (f"grace until {e.grace_until:%Y-%m-%d %H:%M}" if e.grace_until else ""),
+                )
+                for e in events
+            ),
+        )
+        superseded = format_html_join(
+            "",
+            "<li>{} — superseded {}, {}</li>",
+            (
+                (s.hint, f"{s.superseded_at:%Y-%m-%d %H:%M}", superseded_state(s))
+                for s in key.superseded_secrets.order_by("-superseded_at")
+            ),
+        )
+        table = format_html(
+            "<table><thead><tr><th>when</th><th>what</th><th>who</th><th>hints</th><th>note</th></tr></thead>"
+            "<tbody>{}</tbody></table>",
+            rows,
+        )
+        return format_html("{}<ul>{}</ul>", table, superseded) if superseded else table
 
     def get_urls(self):
         info = self.opts.app_label, self.opts.model_name
@@ -184,3 +221,10 @@ def unlinked_rows(obj):
             if count:
                 rows.append((rel.related_model._meta.verbose_name_plural.capitalize(), count))
     return rows
+
+
+def superseded_state(row):
+    if row.revoked_at is None:
+        return f"works until {row.grace_until:%Y-%m-%d %H:%M}"
+    deleted = " and deleted upstream" if row.deleted_upstream_at else ""
+    return f"revoked {row.revoked_at:%Y-%m-%d %H:%M}{deleted}"

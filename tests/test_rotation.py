@@ -151,7 +151,11 @@ def test_rotating_probes_the_new_secret_first_then_supersedes_the_old_one(
     assert audit.details["old_hint"] == formats.hint(old) and audit.details["new_hint"] == formats.hint(new)
     assert audit.actor == admin_user
 
-    pages = shown + admin_client.get(change_url(key)).content.decode() + page
+    # The key's page shows its history: the rotation, and the superseded secret's grace end.
+    key_page = text(admin_client.get(change_url(key)))
+    assert "Rotated" in key_page and f"{formats.hint(old)} → {formats.hint(new)}" in key_page
+    assert f"works until {superseded.grace_until:%Y-%m-%d %H:%M}" in key_page
+    pages = shown + key_page + page
     for secret in (old, new):
         assert_no_secret(secret, pages, everything_stored(), caplog.text)
 
