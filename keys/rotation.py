@@ -452,13 +452,13 @@ class Revoked:
     note: str
 
 
-def can_delete_upstream(key):
+def can_delete_upstream(key, admin_key=None):
     """(True, "") when Revoke may offer to delete this key upstream, else (False, why not)."""
     project_id = key.project.openai_project_id if key.project_id else ""
     what, reason = upstream_keys.where_to_delete(key.kind, project_id, key.upstream_key_id)
     if what is None:
         return False, reason
-    if upstream_keys.admin_key_for(key.organization) is None:
+    if (admin_key or upstream_keys.admin_key_for(key.organization)) is None:
         return False, "The organization has no active admin key."
     return True, ""
 
@@ -470,6 +470,8 @@ def revoke(key, actor, reason, delete_upstream=False, now=None):
     reason = (reason or "").strip()
     if not reason:
         raise RotationRefused("Say why the key is revoked.")
+    # Chosen before the key is revoked: an admin key may delete itself upstream.
+    admin_key = upstream_keys.admin_key_for(key.organization) if delete_upstream else None
     with transaction.atomic():
         n = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=now, next_probe_at=None)
         if not n:
@@ -478,7 +480,7 @@ def revoke(key, actor, reason, delete_upstream=False, now=None):
         SupersededSecret.objects.filter(key=key, revoked_at__isnull=True, grace_until__gt=now).update(grace_until=now)
     deleted, note = False, ""
     if delete_upstream:
-        deleted, note = delete_key_upstream(key)
+        deleted, note = delete_key_upstream(key, admin_key)
         if deleted:
             key.deleted_upstream_at = now
             ApiKey.objects.filter(pk=key.pk).update(deleted_upstream_at=now)
@@ -496,14 +498,15 @@ def revoke(key, actor, reason, delete_upstream=False, now=None):
     return Revoked(key, delete_upstream, deleted, note)
 
 
-def delete_key_upstream(key):
-    """Delete a (revoked) key's current secret upstream. Returns (deleted, note)."""
-    ok, reason = can_delete_upstream(key)
+def delete_key_upstream(key, admin_key):
+    """Delete a (revoked) key's current secret upstream with `admin_key`. Returns
+    (deleted, note)."""
+    ok, reason = can_delete_upstream(key, admin_key)
     if not ok:
         return False, f"Not deleted upstream: {reason}"
     project_id = key.project.openai_project_id if key.project_id else ""
     what, _ = upstream_keys.where_to_delete(key.kind, project_id, key.upstream_key_id)
-    reply = upstream_keys.delete(upstream_keys.admin_key_for(key.organization), what, project_id)
+    reply = upstream_keys.delete(admin_key, what, project_id)
     reply.body = None
     if reply.outcome in (Outcome.OK, Outcome.NOT_FOUND):
         return True, ""

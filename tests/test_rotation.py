@@ -588,3 +588,14 @@ def test_a_reviewer_cannot_rotate_via_api(reviewer_client, sandbox, org, service
     assert reviewer_client.post(rotate_api_url(key), {}).status_code == 403
     assert key_state(key) == before
     assert not any(c.startswith("POST") for c in sandbox.admin_state(org.openai_org_id)["calls"])
+
+
+def test_an_admin_key_revoked_with_the_upstream_delete_deletes_itself_there(
+    admin_client, sandbox, org, live, upstream_org
+):
+    admin = upstream_org
+    ApiKey.objects.filter(pk=admin.pk).update(upstream_key_id="key_RotAdmin0000001")
+    response = admin_client.post(revoke_url(admin), {"reason": "Leaked", "delete_upstream": "on"}, follow=True)
+    assert "Revoked, and deleted upstream." in text(response)
+    calls = sandbox.admin_state(org.openai_org_id)["calls"]
+    assert calls["DELETE /v1/organization/admin_api_keys/key_RotAdmin0000001"] == 1
