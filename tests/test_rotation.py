@@ -599,3 +599,47 @@ def test_an_admin_key_revoked_with_the_upstream_delete_deletes_itself_there(
     assert "Revoked, and deleted upstream." in text(response)
     calls = sandbox.admin_state(org.openai_org_id)["calls"]
     assert calls["DELETE /v1/organization/admin_api_keys/key_RotAdmin0000001"] == 1
+
+
+# --- The role matrix for the new pages: every role, every page, GET and POST, by effect ---
+
+ACTION_PAGES = {"rotate": rotate_url, "rotate_api": rotate_api_url, "revoke": revoke_url}
+
+
+@pytest.mark.parametrize("page", list(ACTION_PAGES))
+@pytest.mark.parametrize("role", ["admin", "reviewer", "superuser", "outsider", "anonymous"])
+def test_role_matrix_for_the_key_action_pages(
+    client, admin_user, reviewer, outsider, sandbox, org, project, service_key, role, page
+):
+    key, _ = service_key
+    users = {
+        "admin": admin_user,
+        "reviewer": reviewer,
+        "outsider": outsider,
+        "superuser": User.objects.create_superuser("root", "root@example.com", "pw-root-123456"),
+    }
+    if role in users:
+        client.force_login(users[role])
+    url = ACTION_PAGES[page](key)
+    data = {"rotate": {"secret": new_live_secret(sandbox, project, org)}, "rotate_api": {}, "revoke": {"reason": "r"}}
+    before, events = key_state(key), AuditEvent.objects.count()
+    got, posted = client.get(url), client.post(url, data[page])
+    if role in ("outsider", "anonymous"):
+        for response in (got, posted):
+            assert response.status_code == 302 and response.url.startswith(reverse("admin:login"))
+    elif role == "reviewer":
+        assert (got.status_code, posted.status_code) == (403, 403)
+    else:
+        assert got.status_code == 200 and posted.status_code == 302
+    after = key_state(key)
+    if role in ("admin", "superuser"):
+        # The effect happened: a new secret, or revoked.
+        if page == "revoke":
+            assert after["revoked_at"] is not None and before["revoked_at"] is None
+        else:
+            assert after["fingerprint"] != before["fingerprint"]
+            assert SupersededSecret.objects.filter(key=key).count() == 1
+        assert AuditEvent.objects.count() > events
+    else:
+        assert after == before and AuditEvent.objects.count() == events
+        assert not SupersededSecret.objects.exists()
