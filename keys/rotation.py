@@ -263,6 +263,7 @@ def api_rotation_available(key):
     return True, ""
 
 
+@sensitive_variables("issued")
 def rotate_via_api(key, actor, now=None):
     """Replace `key` with a new key the Administration API creates (a new service account
     in its project, or a new admin key). The new secret is never shown: it is encrypted,
@@ -293,6 +294,7 @@ def rotate_via_api(key, actor, now=None):
         issued.secret = ""
 
 
+@sensitive_variables("issued")
 def _put_in(key, issued, actor, now):
     try:
         candidate = prepare(key, issued.secret)

