@@ -23,7 +23,6 @@ from console.leakguard import refuse_key_shaped, refuse_unsafe_text
 from . import rotation, tasks
 from .models import ApiKey, KeyAction
 
-REVOKED = "This key is revoked: its secret can no longer be replaced."
 REPASTE = "Changing where this key is sent requires pasting its secret again in the Secret field."
 
 
@@ -76,7 +75,7 @@ class ApiKeyForm(AuditedForm):
         if not cleaned.get("organization") and not self.instance.organization_id and "organization" in self.fields:
             self.add_error("organization", "Choose the organization (or a project, which implies it).")
         if not self.instance._state.adding and self.instance.revoked_at is not None and cleaned.get("secret"):
-            self.add_error("secret", REVOKED)
+            self.add_error("secret", rotation.RotationRefused.REVOKED)
         if self.instance._state.adding and not cleaned.get("secret"):
             self.add_error("secret", "Enter the API key.")
         if not self.instance._state.adding and not cleaned.get("secret"):

@@ -260,6 +260,23 @@ def test_registering_a_key_writes_its_first_history_row(admin_client, admin_user
     )
 
 
+def test_a_secret_replaced_on_the_key_page_is_in_the_history_too(admin_client, admin_user, live):
+    from tests.test_admin import key_change_data
+
+    key, old = live
+    new = formats.generate(formats.PROJECT)
+    response = admin_client.post(change_url(key), key_change_data(key, secret=new))
+    assert response.status_code == 302
+    key.refresh_from_db()
+    (event,) = KeyEvent.objects.filter(key=key, action=KeyAction.ROTATED)
+    assert (event.old_hint, event.new_hint, event.actor, event.at) == (
+        formats.hint(old),
+        formats.hint(new),
+        admin_user,
+        key.rotated_at,
+    )
+
+
 # --- Grace end (in-process; the worker and crash tests are in test_rotation_worker.py) ---
 
 
