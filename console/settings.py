@@ -282,6 +282,10 @@ PROBE_RESULTS_KEEP_DAYS = env.int("PROBE_RESULTS_KEEP_DAYS", default=30)
 CIRCUIT_FAILURE_THRESHOLD = env.int("CIRCUIT_FAILURE_THRESHOLD", default=5)
 CIRCUIT_COOLDOWN_SECONDS = env.int("CIRCUIT_COOLDOWN_SECONDS", default=60)
 
+# --- Key rotation (keys/rotation.py)
+# How long a rotated key's previous secret keeps working before it is revoked.
+ROTATION_GRACE_HOURS = env.float("ROTATION_GRACE_HOURS", default=24)
+
 # --- Usage and costs ingestion (usage/ingest.py)
 # Days re-read on every run: the Usage and Costs APIs report late.
 USAGE_TRAILING_DAYS = env.int("USAGE_TRAILING_DAYS", default=3)

@@ -19,9 +19,10 @@ from accounts.models import AuditEvent, Organization, Project
 from console.admin_base import ReadOnlyAdmin, badge
 from console.upstream import Outcome
 
-from . import tasks
+from . import rotation, tasks
 from .forms import ApiKeyForm
 from .models import ApiKey, Circuit, CircuitState, Kind, ProbeResult
+from .rotation_admin import KeyActionsAdmin
 
 BADGE_CSS = {"all": ["keys/admin.css"]}
 
@@ -175,7 +176,7 @@ class LastProbeFilter(admin.SimpleListFilter):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(AuditedAdmin):
+class ApiKeyAdmin(KeyActionsAdmin, AuditedAdmin):
     form = ApiKeyForm
     list_display = [
         "name",
@@ -224,6 +225,7 @@ class ApiKeyAdmin(AuditedAdmin):
             "Last probe",
             {"fields": ["last_probe", "last_probe_at", "last_success_at", "consecutive_failures", "next_probe_at"]},
         ),
+        ("History", {"fields": ["rotated_by", "key_history"], "classes": ["collapse"]}),
     ]
     readonly_fields = [
         "hint",
@@ -235,6 +237,8 @@ class ApiKeyAdmin(AuditedAdmin):
         "last_success_at",
         "consecutive_failures",
         "next_probe_at",
+        "rotated_by",
+        "key_history",
     ]
 
     class Media:
@@ -295,11 +299,16 @@ class ApiKeyAdmin(AuditedAdmin):
 
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_selected(self, request, queryset):
-        keys = list(queryset.active())
-        ApiKey.objects.filter(pk__in=[k.pk for k in keys]).update(revoked_at=now())
-        for key in keys:
-            AuditEvent.record(request.user, "key.revoked", key, **key.audit_details())
-        self.message_user(request, f"Revoked {len(keys)} key(s).", messages.SUCCESS)
+        # The same path as the Revoke page (history row, audit event, no next probe),
+        # without the upstream delete; the reason says where it came from.
+        revoked = 0
+        for key in queryset.active():
+            try:
+                rotation.revoke(key, request.user, "Revoked from the key list (bulk action).")
+            except rotation.RotationRefused:
+                continue  # revoked meanwhile
+            revoked += 1
+        self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)
 
 
 @admin.register(ProbeResult)

@@ -18,9 +18,10 @@ from django.views.decorators.debug import sensitive_variables
 
 from accounts.audit import AuditedForm, field_changes, record_created, record_updated
 from accounts.models import AuditEvent
+from console.leakguard import refuse_key_shaped, refuse_unsafe_text
 
-from . import tasks
-from .models import ApiKey
+from . import rotation, tasks
+from .models import ApiKey, KeyAction
 
 REPASTE = "Changing where this key is sent requires pasting its secret again in the Secret field."
 
@@ -73,6 +74,8 @@ class ApiKeyForm(AuditedForm):
             cleaned["organization"] = project.organization
         if not cleaned.get("organization") and not self.instance.organization_id and "organization" in self.fields:
             self.add_error("organization", "Choose the organization (or a project, which implies it).")
+        if not self.instance._state.adding and self.instance.revoked_at is not None and cleaned.get("secret"):
+            self.add_error("secret", rotation.RotationRefused.REVOKED)
         if self.instance._state.adding and not cleaned.get("secret"):
             self.add_error("secret", "Enter the API key.")
         if not self.instance._state.adding and not cleaned.get("secret"):
@@ -109,9 +112,23 @@ class ApiKeyForm(AuditedForm):
         adding = key._state.adding
         replaced = not adding and self.secret_changed()
         changes = {} if adding else field_changes(self, exclude=["secret"])
+        old_hint = "" if adding else ApiKey.objects.values_list("hint", flat=True).get(pk=key.pk)
         if replaced:
             key.rotated_at = now()
         key = self.save()
+        # The key's history (KeyEvent) starts at its registration.
+        if adding:
+            rotation.record_event(key, KeyAction.REGISTERED, actor, new_hint=key.hint)
+        elif replaced:
+            rotation.record_event(
+                key,
+                KeyAction.ROTATED,
+                actor,
+                at=key.rotated_at,
+                old_hint=old_hint,
+                new_hint=key.hint,
+                reason="Secret replaced on the key's page (no grace period).",
+            )
         if adding:
             record_created(actor, key)
         else:
@@ -139,3 +156,57 @@ def first_probe_message(form):
     if form.first_probe_queued:
         return "Its first probe is queued."
     return "No worker queue answered: its first probe will come with the next sweep."
+
+
+class RotateForm(forms.Form):
+    """The Rotate page: the new secret (write-only) and, optionally, its upstream id.
+    Validated like a registration here; probed by keys.rotation.rotate."""
+
+    secret = forms.CharField(
+        label="New secret",
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="Probed before it replaces the current secret; never shown again, only its hint.",
+    )
+    upstream_key_id = forms.CharField(
+        label="Upstream key id of the new secret",
+        required=False,
+        max_length=100,
+        validators=[refuse_key_shaped, refuse_unsafe_text],
+        help_text="key_… or svc_acct_…, if you know it: it lets the console delete this secret upstream later.",
+    )
+
+    def __init__(self, key, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.key = key
+
+    @sensitive_variables("secret")
+    def clean_secret(self):
+        secret = self.cleaned_data["secret"]
+        try:
+            rotation.prepare(self.key, secret)
+        except rotation.RotationRefused as e:
+            raise ValidationError(str(e)) from None
+        return secret
+
+
+class RevokeForm(forms.Form):
+    """The Revoke page: a required reason, and whether to delete the key upstream too
+    (offered only when the organization's admin key and the key's upstream id allow it)."""
+
+    reason = forms.CharField(
+        max_length=300,
+        validators=[refuse_key_shaped, refuse_unsafe_text],
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Kept in the key's history and the audit log.",
+    )
+    delete_upstream = forms.BooleanField(
+        label="Also delete it upstream",
+        required=False,
+        help_text="With the organization's admin key, through the Administration API.",
+    )
+
+    def __init__(self, can_delete_upstream, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not can_delete_upstream:
+            del self.fields["delete_upstream"]

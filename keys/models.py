@@ -279,6 +279,9 @@ class ApiKey(models.Model):
             if holder:
                 where = f"project “{holder.project}”" if holder.project else f"organization “{holder.organization}”"
                 raise ValidationError({"secret": f"This key is already registered as “{holder.name}” in {where}."})
+            earlier = SupersededSecret.objects.filter(fingerprint=self.fingerprint).select_related("key").first()
+            if earlier:
+                raise ValidationError({"secret": f"This secret was an earlier secret of the key “{earlier.key.name}”."})
 
     # --- state ------------------------------------------------------------------
     def rotation_policy_days(self):
@@ -293,7 +296,8 @@ class ApiKey(models.Model):
         return self.revoked_at is not None
 
     def is_probe_failing(self):
-        return self.last_probe_outcome in Outcome.failures()
+        # A revoked key is not probed any more: it is revoked, never "failing".
+        return not self.is_revoked() and self.last_probe_outcome in Outcome.failures()
 
 
 class ProbeResult(models.Model):
@@ -400,6 +404,15 @@ class SupersededSecret(models.Model):
     grace_until = models.DateTimeField()
     revoked_at = models.DateTimeField(null=True, blank=True)
     deleted_upstream_at = models.DateTimeField(null=True, blank=True)
+    # The grace-end task's claim (keys/rotation.py end_grace): one run at a time holds a
+    # row until this time; a crashed run's claim simply expires.
+    claimed_until = models.DateTimeField(null=True, blank=True, editable=False)
+    # Set (and committed) before the upstream DELETE is sent: a run that finds it set
+    # asks upstream whether the key still exists before deleting, so a crash between the
+    # DELETE and the local update never deletes twice.
+    upstream_delete_sent_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Why it was not deleted upstream (no admin key, the Admin API refused, …).
+    upstream_note = models.CharField(max_length=300, blank=True, editable=False)
 
     secret_fields = ("secret_ciphertext", "fingerprint")
     deleted_with_parent = True

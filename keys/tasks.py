@@ -10,7 +10,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from . import probe
+from . import probe, rotation
 from . import sweep as sweeping
 from .models import ProbeResult
 
@@ -46,6 +46,16 @@ def prune_probe_results():
     """Beat, daily: drop probe results older than PROBE_RESULTS_KEEP_DAYS."""
     deleted = ProbeResult.prune(timezone.now(), settings.PROBE_RESULTS_KEEP_DAYS)
     log.info("pruned %d probe results", deleted)
+
+
+@shared_task(name="keys.tasks.end_grace_periods", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def end_grace_periods():
+    """Beat: revoke superseded secrets whose grace is over (deleted upstream where the
+    Admin API allows, ciphertext wiped). Idempotent: a redelivered or overlapping run
+    finds the rows done or claimed."""
+    counts = rotation.end_grace_periods()
+    if counts:
+        log.info("grace periods ended: %s", counts)
 
 
 def publish(claims):

@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.contrib.admin.sites import site
+from django.contrib.auth.models import User
 from django.test import RequestFactory
 from django.urls import reverse
 
@@ -487,9 +488,15 @@ def test_revoking_keys_sets_revoked_at_records_each_and_reports_the_count(admin_
 
 
 @pytest.mark.django_db
-def test_deleting_a_key_records_it_with_its_hint(admin_client, make_key):
+def test_deleting_a_key_records_it_with_its_hint(client, admin_user, make_key):
     key, _ = make_key()
-    response = admin_client.post(reverse("admin:keys_apikey_delete", args=[key.pk]), {"post": "yes"})
+    url = reverse("admin:keys_apikey_delete", args=[key.pk])
+    # Console admins revoke keys; only superusers delete them (issue 9).
+    client.force_login(admin_user)
+    assert client.post(url, {"post": "yes"}).status_code == 403
+    assert ApiKey.objects.filter(pk=key.pk).exists()
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw-root-123456"))
+    response = client.post(url, {"post": "yes"})
     assert response.status_code == 302
     assert not ApiKey.objects.exists()
     [event] = actions("key.deleted")

@@ -3,6 +3,8 @@ each field change with its old and new value, and every key a deletion takes alo
 
 from io import StringIO
 
+import pytest
+from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.urls import reverse
 
@@ -12,13 +14,21 @@ from keys.models import ApiKey
 from .test_admin import key_change_data
 
 
+@pytest.fixture
+def superuser_client(client, db):
+    """Deleting keys (directly or with their organization or project) is for superusers:
+    console admins revoke them (issue 9)."""
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw-root-123456"))
+    return client
+
+
 def events(action, **filters):
     return list(AuditEvent.objects.filter(action=action, **filters).order_by("id"))
 
 
-def test_deleting_an_organization_audits_every_key_it_takes_along(admin_client, org, project, make_key):
+def test_deleting_an_organization_audits_every_key_it_takes_along(superuser_client, org, project, make_key):
     keys = [make_key()[0] for _ in range(3)]
-    response = admin_client.post(reverse("admin:accounts_organization_delete", args=[org.pk]), {"post": "yes"})
+    response = superuser_client.post(reverse("admin:accounts_organization_delete", args=[org.pk]), {"post": "yes"})
     assert response.status_code == 302
     assert not ApiKey.objects.exists()
     deleted = {e.target_id: e for e in events("key.deleted")}
@@ -32,9 +42,9 @@ def test_deleting_an_organization_audits_every_key_it_takes_along(admin_client, 
     assert len(events("project.deleted")) == 0  # projects are not audited by cascade: only keys
 
 
-def test_deleting_projects_with_the_bulk_action_audits_their_keys(admin_client, project, make_key):
+def test_deleting_projects_with_the_bulk_action_audits_their_keys(superuser_client, project, make_key):
     key, _ = make_key()
-    response = admin_client.post(
+    response = superuser_client.post(
         reverse("admin:accounts_project_changelist"),
         {"action": "delete_selected", "_selected_action": [project.pk], "post": "yes"},
     )

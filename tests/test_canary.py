@@ -118,7 +118,11 @@ def admin_pages(key, user):
     pages.append(reverse("admin:app_list", args=["accounts"]))
     pages.append(reverse("admin:keys_apikey_change", args=[key.pk]))
     pages.append(reverse("admin:keys_apikey_history", args=[key.pk]))
-    pages.append(reverse("admin:keys_apikey_delete", args=[key.pk]))
+    if admin.site._registry[ApiKey].has_delete_permission(request, key):  # superusers only (issue 9)
+        pages.append(reverse("admin:keys_apikey_delete", args=[key.pk]))
+    # The key's action pages (keys/rotation.py): Rotate, Rotate via API, Revoke.
+    for action in ("rotate", "rotate_api", "revoke"):
+        pages.append(reverse(f"admin:keys_apikey_{action}", args=[key.pk]))
     pages.append(reverse("admin:keys_apikey_changelist") + f"?q={key.hint}")
     pages.append(reverse("admin:accounts_project_change", args=[key.project_id]))
     pages.append(reverse("admin:accounts_organization_change", args=[key.organization_id]))

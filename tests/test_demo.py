@@ -91,6 +91,14 @@ def test_it_creates_the_demo_hierarchy(sandbox):
     assert len(overdue) >= 2
     assert all(k.next_probe_at is not None for k in keys if not k.is_revoked())
     assert AuditEvent.objects.filter(actor_label="demo", action="key.created").count() == 12
+    # Each key's history (issue 9): registered, and rotated / revoked where the demo says so.
+    [revoked] = [k for k in keys if k.is_revoked()]
+    assert revoked.next_probe_at is None and not revoked.is_probe_failing()
+    for key in keys:
+        actions = list(key.events.order_by("at").values_list("action", flat=True))
+        assert "registered" in actions
+        assert ("rotated" in actions) == (key.rotated_at is not None)
+        assert ("revoked" in actions) == key.is_revoked()
 
 
 @pytest.mark.django_db

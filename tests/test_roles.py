@@ -57,6 +57,12 @@ NOBODY_WRITES = {
 }
 # What nobody may add by hand: circuits are made by the breaker, one per API host.
 NOBODY_ADDS = {"keys.circuit"}
+# What console admins may change but not delete: a key's history is evidence (they
+# revoke it); only superusers delete keys.
+ADMIN_CANNOT_DELETE = {"keys.apikey"}
+# Deleting these takes their keys along: console admins are refused while they hold keys
+# (Django names the missing right, "API key"), and nothing is deleted.
+TAKES_KEYS_ALONG = {"accounts.organization", "accounts.project"}
 
 REQUESTS = [
     ("changelist", "GET"),
@@ -97,6 +103,11 @@ def expected(role, label, view, method):
     if role == "reviewer":
         return 403
     if role == "admin":
+        deletes = view == "delete" or view == "action:delete_selected"
+        if deletes and label in ADMIN_CANNOT_DELETE:
+            return 403
+        if deletes and label in TAKES_KEYS_ALONG:
+            return "lacks key delete"
         return "ok" if label in ADMIN_WRITES else 403
     return 403 if label in NOBODY_WRITES else "ok"
 
@@ -232,9 +243,16 @@ def test_each_role_gets_exactly_its_rights_on_each_admin_url(client_as, world, r
         if response.status_code == 200 and view == "delete":
             # The confirmation page, not "your account doesn't have permission".
             assert "permission to delete" not in response.content.decode()
+    elif want == "lacks key delete":
+        # GET: the confirmation page names the missing right; POST: refused.
+        assert response.status_code in (200, 403)
+        if response.status_code == 200:
+            page = response.content.decode()
+            assert "permission to delete" in page or "Cannot delete" in page
+            assert "API key" in page
     else:
         assert response.status_code == want
-    if want in ("login", 403) or (want == 200 and method == "GET"):
+    if want in ("login", 403, "lacks key delete") or (want == 200 and method == "GET"):
         # Refused (or only looked): the effect is nothing at all, not just a status code.
         assert snapshot() == before
 

@@ -31,9 +31,9 @@ from accounts.forms import OrganizationForm, ProjectForm
 from accounts.models import Environment, Organization, Tier
 from console import upstream
 from console.leakguard import GuardedCommand
-from keys import crypto, formats
+from keys import crypto, formats, rotation
 from keys.forms import ApiKeyForm
-from keys.models import ApiKey, Kind, Provider
+from keys.models import ApiKey, KeyAction, Kind, Provider
 
 ACTOR = "demo"
 
@@ -296,8 +296,15 @@ class Command(GuardedCommand):
             later["rotated_at"] = now - timedelta(days=spec.rotated_days_ago)
         if spec.revoked_days_ago is not None:
             later["revoked_at"] = now - timedelta(days=spec.revoked_days_ago)
+            later["next_probe_at"] = None  # a revoked key is never probed again
         if later:
             ApiKey.objects.filter(pk=key.pk).update(**later)
+        # The history the rotation report rebuilds past states from (keys/rotation.py).
+        if "rotated_at" in later:
+            rotation.record_event(key, KeyAction.ROTATED, ACTOR, at=later["rotated_at"], new_hint=key.hint)
+        if "revoked_at" in later:
+            at = later["revoked_at"]
+            rotation.record_event(key, KeyAction.REVOKED, ACTOR, at=at, old_hint=key.hint, reason="Demo: revoked.")
         return form
 
     # --- the sandbox -------------------------------------------------------------
