@@ -24,6 +24,14 @@ from . import rotation, tasks
 from .models import ApiKey, KeyAction
 
 REPASTE = "Changing where this key is sent requires pasting its secret again in the Secret field."
+USE_ROTATE = (
+    "To replace this key's secret, use “Rotate key”: the new secret is probed first and the old one "
+    "keeps working for the grace period. Paste a secret here only when changing where the key is sent."
+)
+CHANGE_HELP = (
+    "Only when changing where this key is sent (provider, base URL, Azure endpoint): paste its secret "
+    "again. To replace the secret, use “Rotate key”. Leave blank to keep the current secret."
+)
 
 
 class ApiKeyForm(AuditedForm):
@@ -61,6 +69,8 @@ class ApiKeyForm(AuditedForm):
         # Set by save_and_record once the transaction commits: True when a worker was
         # asked to probe the key at once, False when the next sweep will (no broker).
         self.first_probe_queued = None
+        if not self.instance._state.adding and "secret" in self.fields:
+            self.fields["secret"].help_text = CHANGE_HELP
         if "organization" in self.fields:
             self.fields["organization"].required = False
             self.fields[
@@ -81,6 +91,15 @@ class ApiKeyForm(AuditedForm):
         if not self.instance._state.adding and not cleaned.get("secret"):
             for name in self.destination_changes():
                 self.add_error(name if name in self.fields else None, REPASTE)
+        if (
+            not self.instance._state.adding
+            and self.instance.revoked_at is None
+            and cleaned.get("secret")
+            and not self.destination_changes()
+        ):
+            # A new secret goes through the verified rotation (keys/rotation.py), never
+            # around it: probed first, the old one kept for the grace period.
+            self.add_error("secret", USE_ROTATE)
         return cleaned
 
     def destination_changes(self):
@@ -112,14 +131,19 @@ class ApiKeyForm(AuditedForm):
         adding = key._state.adding
         replaced = not adding and self.secret_changed()
         changes = {} if adding else field_changes(self, exclude=["secret"])
-        old_hint = "" if adding else ApiKey.objects.values_list("hint", flat=True).get(pk=key.pk)
-        if replaced:
+        old_hint, old_fingerprint = (
+            ("", "") if adding else ApiKey.objects.values_list("hint", "fingerprint").get(pk=key.pk)
+        )
+        # The same secret pasted again (for a new destination) is re-bound, not rotated:
+        # the rotation clock does not restart.
+        rotated = replaced and key.fingerprint != old_fingerprint
+        if rotated:
             key.rotated_at = now()
         key = self.save()
         # The key's history (KeyEvent) starts at its registration.
         if adding:
             rotation.record_event(key, KeyAction.REGISTERED, actor, new_hint=key.hint)
-        elif replaced:
+        elif rotated:
             rotation.record_event(
                 key,
                 KeyAction.ROTATED,
@@ -127,7 +151,7 @@ class ApiKeyForm(AuditedForm):
                 at=key.rotated_at,
                 old_hint=old_hint,
                 new_hint=key.hint,
-                reason="Secret replaced on the key's page (no grace period).",
+                reason="Secret replaced on the key's page with a new destination (no grace period).",
             )
         if adding:
             record_created(actor, key)

@@ -365,21 +365,26 @@ def test_a_blank_secret_on_change_keeps_the_old_secret_and_records_only_the_edit
 
 
 @pytest.mark.django_db
-def test_replacing_the_secret_records_it_changes_the_hint_and_schedules_a_probe(admin_client, make_key):
+def test_replacing_the_secret_on_the_key_page_is_refused_and_points_to_rotate(admin_client, make_key):
+    """A new secret goes through "Rotate key" (probed first, grace period), never around it."""
     key, old_secret = make_key()
-    new_secret = formats.generate()
     url = reverse("admin:keys_apikey_change", args=[key.pk])
-    response = admin_client.post(url, key_change_data(key, secret=new_secret))
-    assert response.status_code == 302, form_errors(response)
+    response = admin_client.post(url, key_change_data(key, secret=formats.generate()))
+    assert response.status_code == 200
+    assert "use “Rotate key”" in response.content.decode()
     key.refresh_from_db()
-    assert key.reveal_secret() == new_secret
-    assert key.hint == formats.hint(new_secret) != formats.hint(old_secret)
-    assert key.rotated_at is not None
-    assert key.next_probe_at is not None
-    [event] = actions("key.secret_replaced")
-    assert event.details == key.audit_details()
-    assert event.details["hint"] == key.hint
-    assert not actions("key.updated")  # nothing but the secret changed
+    assert key.reveal_secret() == old_secret
+    assert key.hint == formats.hint(old_secret)
+    assert key.rotated_at is None
+    assert not actions("key.secret_replaced") and not actions("key.updated")
+
+
+def test_the_change_page_says_how_to_replace_a_secret_and_the_add_page_does_not(admin_client, make_key):
+    key, _ = make_key()
+    change = admin_client.get(reverse("admin:keys_apikey_change", args=[key.pk])).content.decode()
+    add = admin_client.get(ADD_KEY).content.decode()
+    assert "To replace the secret, use “Rotate key”" in change
+    assert "Rotate key" not in add.split('id="id_secret_helptext"')[1][:400]
 
 
 @pytest.mark.django_db
@@ -459,7 +464,10 @@ def test_no_history_entry_holds_the_secret_or_its_ciphertext(admin_client, proje
     admin_client.post(ADD_KEY, key_data(secret, project=project.pk))
     key = ApiKey.objects.get()
     replacement = formats.generate()
-    admin_client.post(reverse("admin:keys_apikey_change", args=[key.pk]), key_change_data(key, secret=replacement))
+    # A new secret on the key page comes only with a new destination.
+    moved = key_change_data(key, secret=replacement, base_url="http://127.0.0.1:9/v1")
+    response = admin_client.post(reverse("admin:keys_apikey_change", args=[key.pk]), moved)
+    assert response.status_code == 302, form_errors(response)
     key.refresh_from_db()
     assert key.reveal_secret() == replacement
     entries = list(LogEntry.objects.all())

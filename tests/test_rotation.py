@@ -260,12 +260,26 @@ def test_registering_a_key_writes_its_first_history_row(admin_client, admin_user
     )
 
 
+def test_the_same_secret_pasted_again_for_a_new_destination_is_not_a_rotation(admin_client, live):
+    from tests.test_admin import key_change_data
+
+    key, secret = live
+    moved = key_change_data(key, secret=secret, base_url="http://127.0.0.1:9/v1")
+    assert admin_client.post(change_url(key), moved).status_code == 302
+    key.refresh_from_db()
+    assert key.base_url == "http://127.0.0.1:9/v1"
+    assert key.rotated_at is None  # the rotation clock does not restart
+    assert not KeyEvent.objects.filter(key=key, action=KeyAction.ROTATED).exists()
+
+
 def test_a_secret_replaced_on_the_key_page_is_in_the_history_too(admin_client, admin_user, live):
     from tests.test_admin import key_change_data
 
     key, old = live
     new = formats.generate(formats.PROJECT)
-    response = admin_client.post(change_url(key), key_change_data(key, secret=new))
+    # A new secret is accepted on the key page only with a new destination.
+    moved = key_change_data(key, secret=new, base_url="http://127.0.0.1:9/v1")
+    response = admin_client.post(change_url(key), moved)
     assert response.status_code == 302
     key.refresh_from_db()
     (event,) = KeyEvent.objects.filter(key=key, action=KeyAction.ROTATED)
