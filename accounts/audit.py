@@ -111,7 +111,11 @@ def record_deletion(actor, obj):
 
 class AuditedForm(forms.ModelForm):
     """A model form whose `save_and_record(actor)` saves and records what changed. The
-    admin, the commands and the demo loader all save through it."""
+    admin, the commands and the demo loader all save through it. Fields named in
+    `audit_exclude` are left out of the recorded changes (a password hash; memberships,
+    which accounts/access_changes.py records wherever they change)."""
+
+    audit_exclude = ()
 
     def _update_errors(self, errors):
         # A model's clean() may name a field this form does not show (an inline row shows
@@ -131,7 +135,7 @@ class AuditedForm(forms.ModelForm):
 
     def save_and_record(self, actor):
         adding = self.instance._state.adding
-        changes = {} if adding else field_changes(self)
+        changes = {} if adding else field_changes(self, exclude=self.audit_exclude)
         obj = self.save()
         if adding:
             record_created(actor, obj)

@@ -1,0 +1,83 @@
+"""The console's user and group admins: who was given access, by whom, audited.
+
+Registered in accounts/admin.py in place of Django's. They save through AuditedForm like
+every other admin:
+
+    user.created            who made it; active/staff/superuser; whether a password was set
+    user.updated            each changed field, old → new (is_staff, is_superuser, is_active, …)
+    user.password_changed   that it changed (or was made unusable), never a hash
+    user.deleted, group.created, group.updated, group.deleted
+
+Memberships and permissions are recorded by accounts/access_changes.py wherever they
+change (here too), so the forms leave them out of "updated". A username or group name
+that looks like an API key is refused: names are shown everywhere, the audit log included.
+"""
+
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.forms import AdminPasswordChangeForm, AdminUserCreationForm, UserChangeForm
+
+from console.leakguard import refuse_key_shaped
+from console.request_origin import current_user
+
+from .audit import AuditedAdmin, AuditedForm, record_created
+from .models import AuditEvent
+
+MEMBERSHIPS = ("groups", "user_permissions", "permissions")
+
+
+def access_flags(user):
+    return {"is_active": user.is_active, "is_staff": user.is_staff, "is_superuser": user.is_superuser}
+
+
+class RefusesKeyShapedUsername:
+    """A username is shown everywhere, the audit log included: never a pasted key."""
+
+    def clean_username(self):
+        username = self.cleaned_data.get("username")
+        refuse_key_shaped(username)
+        return username
+
+
+class AuditedUserCreationForm(RefusesKeyShapedUsername, AuditedForm, AdminUserCreationForm):
+    def save_and_record(self, actor):
+        user = self.save()
+        record_created(actor, user, **access_flags(user), password="set" if user.has_usable_password() else "unusable")
+        return user
+
+
+class AuditedUserChangeForm(RefusesKeyShapedUsername, AuditedForm, UserChangeForm):
+    # The password field shows the hash's algorithm only and never changes here; the
+    # password has its own page (AuditedPasswordChangeForm).
+    audit_exclude = ("password", *MEMBERSHIPS)
+
+
+class AuditedPasswordChangeForm(AdminPasswordChangeForm):
+    """The admin's "change password" form; records that the password changed, and by whom."""
+
+    def save(self, commit=True):
+        user = super().save(commit)
+        if commit:
+            AuditEvent.record(
+                current_user() or "system", "user.password_changed", user, usable=user.has_usable_password()
+            )
+        return user
+
+
+class AuditedGroupForm(AuditedForm):
+    audit_exclude = MEMBERSHIPS
+
+    def clean_name(self):
+        name = self.cleaned_data.get("name")
+        refuse_key_shaped(name)
+        return name
+
+
+class ConsoleUserAdmin(AuditedAdmin, UserAdmin):
+    form = AuditedUserChangeForm
+    add_form = AuditedUserCreationForm
+    change_password_form = AuditedPasswordChangeForm
+    list_display = ["username", "email", "first_name", "last_name", "is_active", "is_staff", "is_superuser"]
+
+
+class ConsoleGroupAdmin(AuditedAdmin, GroupAdmin):
+    form = AuditedGroupForm
