@@ -26,7 +26,7 @@ from console.admin_base import SEARCH_REFUSED, ReadOnlyAdmin
 from console.leakguard import find_key_shaped, redact_key_shaped
 
 from .access_admin import ConsoleGroupAdmin, ConsoleUserAdmin
-from .audit import AuditedAdmin, AuditedInline
+from .audit import AuditedAdmin, AuditedInline, AuditedPackageAdmin
 from .audit_export import csv_rows, details_text
 from .forms import OrganizationForm, ProjectForm
 from .models import AuditEvent, Organization, Project, Tier
@@ -242,3 +242,18 @@ for model, model_admin in ((get_user_model(), ConsoleUserAdmin), (Group, Console
     if admin.site.is_registered(model):
         admin.site.unregister(model)
     admin.site.register(model, model_admin)
+
+
+# Other packages' admins (two-factor devices, login lockouts) keep their own forms; their
+# changes, deletions and actions are audited too. Their admin modules load after this one
+# (INSTALLED_APPS order): accounts/apps.py calls this once every admin is registered.
+AUDITED_PACKAGES = ("otp_totp", "otp_static", "axes")
+
+
+def audit_other_packages_admins(site=admin.site):
+    for model, model_admin in list(site._registry.items()):
+        if model._meta.app_label in AUDITED_PACKAGES and not isinstance(model_admin, AuditedPackageAdmin):
+            name = f"Audited{type(model_admin).__name__}"
+            audited = type(name, (AuditedPackageAdmin, type(model_admin)), {"__module__": __name__})
+            site.unregister(model)
+            site.register(model, audited)

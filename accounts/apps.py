@@ -7,3 +7,6 @@ class AccountsConfig(AppConfig):
 
     def ready(self):
         from . import access_changes, signals  # noqa: F401  (connect the audit receivers)
+        from .admin import audit_other_packages_admins
+
+        audit_other_packages_admins()

@@ -182,3 +182,51 @@ class AuditedInline:
     """Mixin for inlines of an AuditedAdmin: their rows save through `save_and_record`."""
 
     form = AuditedForm
+
+
+class AuditedPackageAdmin:
+    """Mixin for the admins of other packages' models (django-otp's two-factor devices,
+    django-axes' lockouts), whose forms are theirs: records that a row was created,
+    changed or deleted and the NAMES of the fields that changed — never their values (a
+    device's key is its TOTP seed) —, and each admin action run with the rows it ran on."""
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if not change:
+            AuditEvent.record(request.user, f"{audit_name(obj)}.created", obj)
+        elif form.changed_data:
+            AuditEvent.record(request.user, f"{audit_name(obj)}.updated", obj, fields=sorted(form.changed_data))
+
+    def save_formset(self, request, form, formset, change):
+        super().save_formset(request, form, formset, change)
+        for obj in formset.new_objects:
+            AuditEvent.record(request.user, f"{audit_name(obj)}.created", obj)
+        for obj, fields in formset.changed_objects:
+            AuditEvent.record(request.user, f"{audit_name(obj)}.updated", obj, fields=sorted(fields))
+        for obj in formset.deleted_objects:
+            AuditEvent.record(request.user, f"{audit_name(obj)}.deleted", obj)
+
+    def delete_model(self, request, obj):
+        record_deletion(request.user, obj)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            record_deletion(request.user, obj)
+        super().delete_queryset(request, queryset)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        for name, (function, action_name, description) in list(actions.items()):
+            if name != "delete_selected":  # its deletions are recorded by delete_queryset
+                actions[name] = (recorded_action(self.model, name, function), action_name, description)
+        return actions
+
+
+def recorded_action(model, name, function):
+    def run(model_admin, request, queryset):
+        ids = [str(pk) for pk in queryset.values_list("pk", flat=True)[:100]]
+        AuditEvent.record(request.user, f"{model._meta.model_name}.action", None, admin_action=name, ids=ids)
+        return function(model_admin, request, queryset)
+
+    return run

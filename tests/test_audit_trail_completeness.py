@@ -774,3 +774,100 @@ def test_role_matrix_access_page_and_export(as_role, role, page, method):
         (event,) = made
         assert event.action == {"access": "access.viewed", "export": "audit.exported"}[page]
         assert event.actor_label == {"admin": "alice", "reviewer": "rita", "superuser": "root"}[role]
+
+
+# --- Other packages' admins: two-factor devices and login lockouts --------------------------
+
+
+def test_deleting_someones_two_factor_device_in_the_admin_is_audited(root_client, root, admin_user):
+    device = TOTPDevice.objects.create(user=admin_user, name="phone", confirmed=True)
+    url = reverse("admin:otp_totp_totpdevice_delete", args=[device.pk])
+    assert root_client.post(url, {"post": "yes"}).status_code == 302
+    assert not TOTPDevice.objects.exists()
+    (event,) = events("totpdevice.deleted")
+    assert (event.actor, event.target_type, event.target_id) == (root, "totpdevice", str(device.pk))
+    assert event.details == {"ip": "127.0.0.1"}
+
+
+def test_a_two_factor_device_change_records_field_names_never_the_seed(root_client, root, admin_user):
+    device = TOTPDevice.objects.create(user=admin_user, name="phone", confirmed=True)
+    old_seed = device.key
+    new_seed = "ab" * 20
+    url = reverse("admin:otp_totp_totpdevice_change", args=[device.pk])
+    page = root_client.get(url)
+    data = {
+        k: v
+        for k, v in page.context["adminform"].form.initial.items()
+        if v is not None and not isinstance(v, (list, tuple)) and k != "last_used_at" and k != "created_at"
+    }
+    data.update({"user": admin_user.pk, "name": "new phone", "key": new_seed, "confirmed": "on"})
+    response = root_client.post(url, data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    device.refresh_from_db()
+    assert device.name == "new phone"
+    (event,) = events("totpdevice.updated")
+    assert event.actor == root
+    assert "name" in event.details["fields"]
+    recorded = everything_recorded()
+    assert old_seed not in recorded and new_seed not in recorded and device.key not in recorded
+
+
+def test_unlocking_a_locked_out_login_in_the_admin_is_audited(root_client, root):
+    from axes.models import AccessAttempt
+
+    attempt = AccessAttempt.objects.create(
+        username="alice", ip_address="192.0.2.50", user_agent="x", failures_since_start=5
+    )
+    response = root_client.post(
+        reverse("admin:axes_accessattempt_changelist"),
+        {"action": "delete_selected", "_selected_action": [attempt.pk], "post": "yes"},
+    )
+    assert response.status_code == 302
+    assert not AccessAttempt.objects.exists()
+    (event,) = events("accessattempt.deleted")
+    assert (event.actor, event.target_id) == (root, str(attempt.pk))
+
+
+def test_an_admin_action_of_another_package_is_audited(rf, root):
+    # Called as the changelist calls it: django-axes' own "clean up" action needs a request
+    # attribute only its login handling sets (from the admin page it fails upstream).
+    from axes.models import AccessAttempt
+    from django.contrib import admin
+    from django.utils.timezone import now
+
+    attempt = AccessAttempt.objects.create(
+        username="alice", ip_address="192.0.2.51", user_agent="x", failures_since_start=1
+    )
+    request = rf.post("/", REMOTE_ADDR="192.0.2.52")
+    request.user, request.axes_attempt_time = root, now()
+    request._messages = type("Messages", (), {"add": lambda *a, **k: None})()
+    model_admin = admin.site._registry[AccessAttempt]
+    function, _, _ = model_admin.get_actions(request)["cleanup_expired_attempts"]
+    function(model_admin, request, AccessAttempt.objects.all())
+    (event,) = events("accessattempt.action")
+    assert (event.actor, event.details["admin_action"], event.details["ids"]) == (
+        root,
+        "cleanup_expired_attempts",
+        [str(attempt.pk)],
+    )
+
+
+@pytest.mark.parametrize("role", ["admin", "reviewer"])
+@pytest.mark.parametrize(
+    "url_name",
+    [
+        "admin:otp_totp_totpdevice_changelist",
+        "admin:otp_static_staticdevice_changelist",
+        "admin:axes_accessattempt_changelist",
+        "admin:axes_accesslog_changelist",
+        "admin:axes_accessfailurelog_changelist",
+    ],
+)
+def test_role_matrix_other_packages_admins_are_for_superusers_only(as_role, role, url_name):
+    client = as_role(role)
+    since = last_id()
+    url = reverse(url_name)
+    assert client.get(url).status_code == 403
+    (denied,) = new_events(since)
+    assert (denied.action, denied.details["path"]) == ("access.denied", url)
+    assert as_role("superuser").get(url).status_code == 200
