@@ -10,6 +10,8 @@ On top of Django's AdminSite it adds the login hardening (README, "Login and ses
 - the "Two-factor authentication" pages at two-factor/;
 - `lockout_response`: what django-axes answers a locked-out login with (the login page
   with the reason, HTTP 429), instead of a bare text.
+
+And the read-only "Access" page (access/, accounts/access.py), listed under the accounts app.
 """
 
 from functools import update_wrapper
