@@ -871,3 +871,23 @@ def test_role_matrix_other_packages_admins_are_for_superusers_only(as_role, role
     (denied,) = new_events(since)
     assert (denied.action, denied.details["path"]) == ("access.denied", url)
     assert as_role("superuser").get(url).status_code == 200
+
+
+# --- Probe now ----------------------------------------------------------------------------------
+
+
+def test_probe_now_records_one_event_per_key_it_queued(client, admin_user, make_key):
+    from django.utils import timezone
+
+    active, _ = make_key()
+    revoked, _ = make_key(revoked_at=timezone.now())
+    client.force_login(admin_user)
+    response = client.post(
+        reverse("admin:keys_apikey_changelist"),
+        {"action": "probe_selected", "_selected_action": [str(active.pk), str(revoked.pk)], "index": "0"},
+        REMOTE_ADDR="192.0.2.60",
+    )
+    assert response.status_code == 302
+    (event,) = events("key.probe_requested")
+    assert (event.actor, event.target_type, event.target_id) == (admin_user, "apikey", str(active.pk))
+    assert event.details == {"hint": active.hint, "queued": True, "ip": "192.0.2.60"}
