@@ -3,30 +3,59 @@
 Registered in accounts/admin.py in place of Django's. They save through AuditedForm like
 every other admin:
 
-    user.created            who made it; active/staff/superuser; whether a password was set
+    user.created            who made it; active/staff/superuser, groups; whether a password was set
     user.updated            each changed field, old → new (is_staff, is_superuser, is_active, …)
     user.password_changed   that it changed (or was made unusable), never a hash
-    user.deleted, group.created, group.updated, group.deleted
+    user.deleted            with the access the user had (flags, groups)
+    group.created, group.updated
+    group.deleted           with its members (who lost access with it) and permissions
 
 Memberships and permissions are recorded by accounts/access_changes.py wherever they
 change (here too), so the forms leave them out of "updated". A username or group name
 that looks like an API key is refused: names are shown everywhere, the audit log included.
 """
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.forms import AdminPasswordChangeForm, AdminUserCreationForm, UserChangeForm
+from django.contrib.auth.models import Group
 
 from console.leakguard import refuse_key_shaped
 from console.request_origin import current_user
 
-from .audit import AuditedAdmin, AuditedForm, record_created
+from .audit import AuditedAdmin, AuditedForm, describe_with, record_created
 from .models import AuditEvent
 
 MEMBERSHIPS = ("groups", "user_permissions", "permissions")
 
 
-def access_flags(user):
-    return {"is_active": user.is_active, "is_staff": user.is_staff, "is_superuser": user.is_superuser}
+MEMBERS_LISTED = 500  # a deleted group's members named in its event, at most
+
+
+def user_details(user):
+    """A user's access, as its created and deleted events state it."""
+    return {
+        "is_active": user.is_active,
+        "is_staff": user.is_staff,
+        "is_superuser": user.is_superuser,
+        "groups": sorted(g.name for g in user.groups.all()) if user.pk else [],
+    }
+
+
+def group_details(group):
+    """A group's members (who loses access with it) and permissions."""
+    if not group.pk:
+        return {}
+    members = group.user_set.order_by("username").values_list("username", flat=True)
+    permissions = group.permissions.select_related("content_type")
+    return {
+        "members": list(members[:MEMBERS_LISTED]),
+        "permissions": sorted(f"{p.content_type.app_label}.{p.codename}" for p in permissions),
+    }
+
+
+describe_with(get_user_model(), user_details)
+describe_with(Group, group_details)
 
 
 class RefusesKeyShapedUsername:
@@ -41,7 +70,7 @@ class RefusesKeyShapedUsername:
 class AuditedUserCreationForm(RefusesKeyShapedUsername, AuditedForm, AdminUserCreationForm):
     def save_and_record(self, actor):
         user = self.save()
-        record_created(actor, user, **access_flags(user), password="set" if user.has_usable_password() else "unusable")
+        record_created(actor, user, password="set" if user.has_usable_password() else "unusable")
         return user
 
 

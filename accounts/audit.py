@@ -36,9 +36,22 @@ def audit_name(obj):
     return getattr(obj, "audit_name", None) or obj._meta.model_name
 
 
+# What events say about rows of models this project does not define (auth's User and
+# Group), which cannot have an `audit_details()` method: model → function(row) → dict.
+DETAILS_OF_MODEL = {}
+
+
+def describe_with(model, function):
+    """Declare what the audit log says about a row of `model` besides its name."""
+    DETAILS_OF_MODEL[model] = function
+
+
 def details_of(obj):
     method = getattr(obj, "audit_details", None)
-    return method() if method else {}
+    if method:
+        return method()
+    function = DETAILS_OF_MODEL.get(type(obj)._meta.concrete_model)
+    return function(obj) if function else {}
 
 
 def audit_value(value):

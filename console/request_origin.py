@@ -36,7 +36,12 @@ def current_request():
 
 def current_ip():
     """The client address of the request being served, or None outside a request."""
-    return client_ip(_request.get())
+    request = _request.get()
+    if request is None:
+        return None
+    if "_console_client_ip" not in request.__dict__:  # once per request: a cascade audits thousands
+        request._console_client_ip = client_ip(request)
+    return request._console_client_ip
 
 
 def current_user():

@@ -256,6 +256,7 @@ def test_creating_a_user_in_the_admin_records_who_and_never_the_password(root_cl
         "is_active": True,
         "is_staff": False,
         "is_superuser": False,
+        "groups": [],
         "password": "set",
         "ip": "192.0.2.20",
     }
@@ -310,6 +311,29 @@ def test_taking_a_role_away_in_the_admin_records_what_was_removed(root_client, r
     (membership,) = events("user.groups_changed")
     assert membership.details["removed"] == ["Security reviewers"]
     assert (membership.details["old"], membership.details["new"]) == (["Security reviewers"], [])
+
+
+def test_deleting_a_user_or_a_group_records_the_access_that_went_with_it(root_client, root, admin_user, reviewer):
+    url = reverse("admin:auth_user_delete", args=[admin_user.pk])
+    assert root_client.post(url, {"post": "yes"}).status_code == 302
+    (deleted,) = events("user.deleted")
+    assert (deleted.actor, deleted.target_id, deleted.target_repr) == (root, str(admin_user.pk), "alice")
+    assert deleted.details == {
+        "is_active": True,
+        "is_staff": True,
+        "is_superuser": False,
+        "groups": ["Console admins"],
+        "ip": "127.0.0.1",
+    }
+
+    reviewers = Group.objects.get(name="Security reviewers")
+    granted = sorted(f"{p.content_type.app_label}.{p.codename}" for p in reviewers.permissions.all())
+    url = reverse("admin:auth_group_delete", args=[reviewers.pk])
+    assert root_client.post(url, {"post": "yes"}).status_code == 302
+    (gone,) = events("group.deleted")
+    assert gone.target_repr == "Security reviewers"
+    assert gone.details == {"members": ["rita"], "permissions": granted, "ip": "127.0.0.1"}
+    assert "accounts.view_auditevent" in granted
 
 
 def test_a_password_change_in_the_admin_records_only_that_it_changed(root_client, root, admin_user):
