@@ -5,7 +5,8 @@ every other admin:
 
     user.created            who made it; active/staff/superuser, groups; whether a password was set
     user.updated            each changed field, old → new (is_staff, is_superuser, is_active, …)
-    user.password_changed   that it changed (or was made unusable), never a hash
+    user.password_changed   that it changed (or was made unusable), never a hash: the
+                            password page saves the user, accounts/access_changes.py sees it
     user.deleted            with the access the user had (flags, groups)
     group.created, group.updated
     group.deleted           with its members (who lost access with it) and permissions
@@ -17,14 +18,12 @@ that looks like an API key is refused: names are shown everywhere, the audit log
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
-from django.contrib.auth.forms import AdminPasswordChangeForm, AdminUserCreationForm, UserChangeForm
+from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.contrib.auth.models import Group
 
 from console.leakguard import refuse_key_shaped
-from console.request_origin import current_user
 
 from .audit import AuditedAdmin, AuditedForm, describe_with, record_created
-from .models import AuditEvent
 
 MEMBERSHIPS = ("groups", "user_permissions", "permissions")
 
@@ -76,20 +75,8 @@ class AuditedUserCreationForm(RefusesKeyShapedUsername, AuditedForm, AdminUserCr
 
 class AuditedUserChangeForm(RefusesKeyShapedUsername, AuditedForm, UserChangeForm):
     # The password field shows the hash's algorithm only and never changes here; the
-    # password has its own page (AuditedPasswordChangeForm).
+    # password has its own page.
     audit_exclude = ("password", *MEMBERSHIPS)
-
-
-class AuditedPasswordChangeForm(AdminPasswordChangeForm):
-    """The admin's "change password" form; records that the password changed, and by whom."""
-
-    def save(self, commit=True):
-        user = super().save(commit)
-        if commit:
-            AuditEvent.record(
-                current_user() or "system", "user.password_changed", user, usable=user.has_usable_password()
-            )
-        return user
 
 
 class AuditedGroupForm(AuditedForm):
@@ -104,7 +91,6 @@ class AuditedGroupForm(AuditedForm):
 class ConsoleUserAdmin(AuditedAdmin, UserAdmin):
     form = AuditedUserChangeForm
     add_form = AuditedUserCreationForm
-    change_password_form = AuditedPasswordChangeForm
     list_display = ["username", "email", "first_name", "last_name", "is_active", "is_staff", "is_superuser"]
 
 

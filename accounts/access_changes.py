@@ -1,4 +1,5 @@
-"""Who was given access: group memberships and permissions, wherever they change.
+"""Who was given access: status, passwords, group memberships and permissions, wherever
+they change.
 
 The admin's user and group pages save through AuditedForm (accounts/admin.py), but a
 membership can change anywhere: a shell, a command, a migration, `group.user_set.add()`.
@@ -13,26 +14,35 @@ one event per user or group whose access changed, with what was added and remove
 the whole set before and after: groups by name, permissions as "app_label.codename".
 Nothing is recorded when nothing changed (adding a group a user already has).
 
+A user saved anywhere but through the admin's audited form (a shell, `changepassword`,
+`ensure_admin`) is compared with its stored row: a changed is_active, is_staff or
+is_superuser is "user.updated" with old → new, a changed password "user.password_changed"
+(never the hash). Saves of only the password (Django re-hashing it at login) or of
+fields that give no access (last_login) are not compared.
+
 The actor is the signed-in user of the request being served (console/request_origin.py),
-else "system" (a command, a task, a shell). Rows written directly into the through table
-(`User.groups.through.objects.create`) send no m2m_changed signal and are not seen here;
-the admin and Django's managers never do that.
+else the command running ("cli:ensure_admin"), else "system" (a task, a shell). Rows
+written directly into the through table (`User.groups.through.objects.create`) send no
+m2m_changed signal and are not seen here; the admin and Django's managers never do that.
 """
 
 from collections import defaultdict
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
-from django.db.models.signals import m2m_changed
+from django.db.models.signals import m2m_changed, post_save, pre_save
 from django.dispatch import receiver
 
-from console.request_origin import current_user
+from console.request_origin import current_actor
 
 from .models import AuditEvent
 
 SYSTEM = "system"
 # Stashed on the signal's instance between pre_remove/pre_clear and post_*.
 PENDING = "_audit_access_pending"
+# A user's stored row, stashed between pre_save and post_save.
+STORED = "_audit_access_stored"
+FLAGS = ("is_active", "is_staff", "is_superuser")
 
 
 def permission_label(permission):
@@ -119,7 +129,7 @@ def record_changes(field, audit_action, label, added, removed):
     every_item = set().union(*now_held.values(), (i for _, i in added | removed))
     names = {item.pk: label(item) for item in items.filter(pk__in=every_item)}
     owners = owner_model._default_manager.in_bulk(owner_ids)
-    actor = current_user() or SYSTEM
+    actor = current_actor() or SYSTEM
 
     def named(ids):
         return sorted(names.get(i, str(i)) for i in ids)
@@ -142,3 +152,41 @@ def record_changes(field, audit_action, label, added, removed):
             )
         )
     AuditEvent.record_many(events)
+
+
+def compares(instance, raw, update_fields):
+    """Whether a user's save is one this module audits (see the docstring)."""
+    if raw or instance._state.adding or instance.pk is None:
+        return False
+    if getattr(instance, "_saved_by_audited_form", False):
+        return False  # the admin's form records it, with every field
+    if update_fields is None:
+        return True
+    fields = set(update_fields)
+    return bool(fields & set(FLAGS)) or ("password" in fields and fields != {"password"})
+
+
+@receiver(pre_save, dispatch_uid="accounts.audit_user_access_before")
+def remember_stored_access(sender, instance, raw=False, update_fields=None, **kwargs):
+    if sender is not get_user_model() or not compares(instance, raw, update_fields):
+        return
+    stored = sender._default_manager.filter(pk=instance.pk).values("password", *FLAGS).first()
+    if stored is not None:
+        instance.__dict__[STORED] = stored
+
+
+@receiver(post_save, dispatch_uid="accounts.audit_user_access_after")
+def record_user_access_change(sender, instance, created, **kwargs):
+    stored = instance.__dict__.pop(STORED, None)
+    if stored is None:
+        return
+    actor = current_actor() or SYSTEM
+    changes = {
+        flag: {"old": stored[flag], "new": getattr(instance, flag)}
+        for flag in FLAGS
+        if stored[flag] != getattr(instance, flag)
+    }
+    if changes:
+        AuditEvent.record(actor, "user.updated", instance, changes=changes)
+    if stored["password"] != instance.password:
+        AuditEvent.record(actor, "user.password_changed", instance, usable=instance.has_usable_password())

@@ -149,7 +149,13 @@ class AuditedForm(forms.ModelForm):
     def save_and_record(self, actor):
         adding = self.instance._state.adding
         changes = {} if adding else field_changes(self, exclude=self.audit_exclude)
-        obj = self.save()
+        # Model signals that audit saves made elsewhere (accounts/access_changes.py) leave
+        # this one to us.
+        self.instance._saved_by_audited_form = True
+        try:
+            obj = self.save()
+        finally:
+            del self.instance._saved_by_audited_form
         if adding:
             record_created(actor, obj)
         else:

@@ -2,18 +2,21 @@
 
 `RequestOriginMiddleware` keeps the current request for the length of one request (a
 context variable: per thread and per asyncio task). The audit log reads it to stamp every
-event with the client's address (`current_ip()`) and to name who changed a user's groups
-or permissions from inside a model signal (`current_user()`). Outside a request — a
-management command, a Celery task, a shell — both are None.
+event with the client's address (`current_ip()`) and to name who changed a user's groups,
+permissions or status from inside a model signal (`current_actor()`). Outside a request
+there is no address; the actor is the label set with `acting_as("cli:<command>")` (every
+management command does, console/leakguard.py), else None.
 
 The address is the one django-axes counts login attempts under: REMOTE_ADDR, or, with
 CONSOLE_LOGIN_PROXY_COUNT set, the address that many trusted proxies appended to
 X-Forwarded-For. No other header is trusted.
 """
 
+import contextlib
 import contextvars
 
 _request = contextvars.ContextVar("console_current_request", default=None)
+_actor_label = contextvars.ContextVar("console_actor_label", default=None)
 
 
 def client_ip(request):
@@ -49,6 +52,22 @@ def current_user():
     request = _request.get()
     user = getattr(request, "user", None) if request is not None else None
     return user if getattr(user, "is_authenticated", False) else None
+
+
+def current_actor():
+    """The signed-in user of the request being served, else the label of the command
+    running (`acting_as`), else None."""
+    return current_user() or _actor_label.get()
+
+
+@contextlib.contextmanager
+def acting_as(label):
+    """Name who acts for what runs inside, outside a request ("cli:ensure_admin")."""
+    token = _actor_label.set(label)
+    try:
+        yield
+    finally:
+        _actor_label.reset(token)
 
 
 class RequestOriginMiddleware:

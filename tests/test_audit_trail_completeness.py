@@ -415,6 +415,50 @@ def test_memberships_and_permissions_changed_outside_the_admin_are_audited(outsi
     assert cleared.details["new"] == []
 
 
+def test_status_and_password_changed_outside_the_admin_are_audited(outsider):
+    outsider.is_staff = True
+    outsider.is_superuser = True
+    outsider.save()
+    (updated,) = events("user.updated")
+    assert (updated.actor_label, updated.target_id) == ("system", str(outsider.pk))
+    assert updated.details == {
+        "changes": {"is_staff": {"old": False, "new": True}, "is_superuser": {"old": False, "new": True}}
+    }
+    outsider.first_name = "Oscar"
+    outsider.save()  # nothing that gives access changed
+    outsider.save(update_fields=["is_active"])  # compared, unchanged
+    assert len(events("user.updated")) == 1
+
+    old_hash = outsider.password
+    outsider.set_password("Shell-pass-4Rt8zQ1w")
+    outsider.save()
+    (changed,) = events("user.password_changed")
+    assert (changed.actor_label, changed.details) == ("system", {"usable": True})
+    # Django re-hashing a password at login saves only the password: not a change of it.
+    outsider.set_password("Shell-pass-4Rt8zQ1w")
+    outsider.save(update_fields=["password"])
+    assert len(events("user.password_changed")) == 1
+    recorded = everything_recorded()
+    assert old_hash not in recorded and outsider.password not in recorded and "Shell-pass" not in recorded
+
+
+def test_ensure_admin_promoting_or_resetting_a_user_is_audited_as_the_command(outsider, monkeypatch):
+    User.objects.filter(pk=outsider.pk).update(username="admin")
+    monkeypatch.setenv("CONSOLE_DEMO_ADMIN_PASSWORD", "Demo-pass-9f3kQ2xv")
+    call_command("ensure_admin", username="admin", stdout=io.StringIO())
+    (updated,) = events("user.updated")
+    assert (updated.actor_label, updated.target_id) == ("cli:ensure_admin", str(outsider.pk))
+    assert updated.details["changes"] == {
+        "is_staff": {"old": False, "new": True},
+        "is_superuser": {"old": False, "new": True},
+    }
+    (password,) = events("user.password_changed")
+    assert password.actor_label == "cli:ensure_admin"
+    (joined,) = events("user.groups_changed")
+    assert (joined.actor_label, joined.details["added"]) == ("cli:ensure_admin", ["Console admins"])
+    assert "Demo-pass-9f3kQ2xv" not in everything_recorded()
+
+
 def test_a_membership_changed_while_serving_a_request_names_the_signed_in_user(rf, root):
     from console.request_origin import RequestOriginMiddleware
 
