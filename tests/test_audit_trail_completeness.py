@@ -529,6 +529,12 @@ def test_the_access_page_shows_each_users_role_and_state_to_a_reviewer(client, a
         "no",
         "no",
     )
+    # Each row links to the audit log of that user, and the link finds it.
+    link = f"{AUDIT_LOG}?target_type__exact=user&amp;target_id={admin_user.pk}"
+    assert f'<a href="{link}">history</a>' in rows["alice"]["history"]
+    AuditEvent.record(reviewer, "user.updated", admin_user)
+    history = client.get(AUDIT_LOG, {"target_type__exact": "user", "target_id": admin_user.pk})
+    assert [e.target_repr for e in history.context["cl"].result_list] == ["alice"]
     # Read-only: nothing to submit.
     assert 'method="post"' not in html.split('id="content-main"')[1].split("<footer")[0]
     (viewed,) = events("access.viewed")
