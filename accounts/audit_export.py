@@ -49,10 +49,14 @@ def value_text(value):
 
 
 def details_text(details):
-    """One line: each changed field as "field: old → new", then the other details."""
+    """One line: each changed field as "field: old → new", then the other details, then
+    the address."""
     details = dict(details or {})
+    ip = details.pop("ip", None)
     parts = [f"{name}: {value_text(change)}" for name, change in (details.pop("changes", None) or {}).items()]
     parts += [f"{name}: {value_text(value)}" for name, value in details.items()]
+    if ip:
+        parts.append(f"ip: {ip}")  # last: what changed comes first
     return "; ".join(parts)
 
 
