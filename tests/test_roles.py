@@ -3,7 +3,9 @@
 Console admins have full rights on organizations, projects, tiers, keys and circuits and
 may only look at audit events and probe results. Security reviewers may look at
 everything and change nothing. Non-staff users and anonymous visitors are sent to the
-login page. Nobody, not even a superuser, adds, changes or deletes an audit event.
+login page. Nobody, not even a superuser, adds, changes or deletes an audit event. A
+refused request (403) changes nothing but the audit log, where it is one "access.denied"
+event naming who, how and where.
 """
 
 from datetime import timedelta
