@@ -7,16 +7,27 @@ admins that add them (this module imports nothing from keys). Every change is au
 accounts/audit.py); the audit log itself is read-only for everyone.
 """
 
-from django.contrib import admin
-from django.db.models import Count, OuterRef, Subquery
+from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import SEARCH_VAR
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Max, OuterRef, Subquery
 from django.db.models.functions import Coalesce
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect, StreamingHttpResponse
+from django.urls import path, reverse
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html
+from django.utils.timezone import now
 from django.views.decorators.debug import sensitive_post_parameters
 
-from console.admin_base import ReadOnlyAdmin
+from console.admin_base import SEARCH_REFUSED, ReadOnlyAdmin
+from console.leakguard import find_key_shaped, redact_key_shaped
 
-from .audit import AuditedAdmin, AuditedInline
+from .access_admin import ConsoleGroupAdmin, ConsoleUserAdmin
+from .audit import AuditedAdmin, AuditedInline, AuditedPackageAdmin
+from .audit_export import csv_rows, details_text
 from .forms import OrganizationForm, ProjectForm
 from .models import AuditEvent, Organization, Project, Tier
 
@@ -162,11 +173,87 @@ class TierAdmin(AuditedAdmin):
     search_fields = ["name"]
 
 
+class ActorFilter(admin.AllValuesFieldListFilter):
+    """Who acted: every username, "cli:…" command and "system" the log holds."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.title = "actor"
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdmin):
-    list_display = ["at", "actor_label", "action", "target_type", "target_repr"]
-    list_filter = ["action", "target_type"]
+    """Read-only for everyone, superusers included. Filters: actor, action, target type
+    and date; "Export CSV" downloads what the filters select (accounts/audit_export.py),
+    and is itself recorded as "audit.exported" with the filters and the row count."""
+
+    list_display = ["at", "actor_label", "action", "target_type", "target_repr", "details_summary"]
+    list_filter = [("actor_label", ActorFilter), "action", "target_type"]
     search_fields = ["actor_label", "target_repr"]
     date_hierarchy = "at"
-    fields = ["at", "actor", "actor_label", "action", "target_type", "target_id", "target_repr", "details"]
+    fields = [
+        "at",
+        "actor",
+        "actor_label",
+        "action",
+        "target_type",
+        "target_id",
+        "target_repr",
+        "details_summary",
+        "details",
+    ]
+    readonly_fields = ["details_summary"]
     list_select_related = ["actor"]
+
+    @admin.display(description="details")
+    def details_summary(self, event):
+        return details_text(event.details)
+
+    def get_urls(self):
+        export = path("export/", self.admin_site.admin_view(self.export_view), name="accounts_auditevent_export")
+        return [export, *super().get_urls()]
+
+    def export_view(self, request):
+        """The events the changelist's filters, search and date select, as CSV."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponseNotAllowed(["GET"])
+        if find_key_shaped(request.GET.get(SEARCH_VAR, "")):
+            self.message_user(request, SEARCH_REFUSED, messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:accounts_auditevent_changelist"))
+        try:
+            changelist = self.get_changelist_instance(request)
+        except IncorrectLookupParameters:
+            return HttpResponseRedirect(reverse("admin:accounts_auditevent_changelist") + "?e=1")
+        # What exists now: the export's own event (and any made meanwhile) is not in it.
+        upto = AuditEvent.objects.aggregate(last=Max("pk"))["last"] or 0
+        events = changelist.queryset.filter(pk__lte=upto)
+        filters = {k: redact_key_shaped(v)[:200] for k, v in request.GET.items()}
+        AuditEvent.record(request.user, "audit.exported", None, format="csv", filters=filters, rows=events.count())
+        name = f"audit-log-{now():%Y%m%d-%H%M%S}.csv"
+        response = StreamingHttpResponse(csv_rows(events.iterator(chunk_size=2000)), content_type="text/csv")
+        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        return response
+
+
+# Users and groups: the console's audited admins in place of Django's (accounts/access_admin.py).
+for model, model_admin in ((get_user_model(), ConsoleUserAdmin), (Group, ConsoleGroupAdmin)):
+    if admin.site.is_registered(model):
+        admin.site.unregister(model)
+    admin.site.register(model, model_admin)
+
+
+# Other packages' admins (two-factor devices, login lockouts) keep their own forms; their
+# changes, deletions and actions are audited too. Their admin modules load after this one
+# (INSTALLED_APPS order): accounts/apps.py calls this once every admin is registered.
+AUDITED_PACKAGES = ("otp_totp", "otp_static", "axes")
+
+
+def audit_other_packages_admins(site=admin.site):
+    for model, model_admin in list(site._registry.items()):
+        if model._meta.app_label in AUDITED_PACKAGES and not isinstance(model_admin, AuditedPackageAdmin):
+            name = f"Audited{type(model_admin).__name__}"
+            audited = type(name, (AuditedPackageAdmin, type(model_admin)), {"__module__": __name__})
+            site.unregister(model)
+            site.register(model, audited)

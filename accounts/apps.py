@@ -6,4 +6,7 @@ class AccountsConfig(AppConfig):
     verbose_name = "Organizations and projects"
 
     def ready(self):
-        from . import signals  # noqa: F401  (connects the login audit receivers)
+        from . import access_changes, signals  # noqa: F401  (connect the audit receivers)
+        from .admin import audit_other_packages_admins
+
+        audit_other_packages_admins()

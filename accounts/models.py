@@ -10,6 +10,7 @@ from django.utils.timezone import now
 
 from console import destinations
 from console.leakguard import refuse_key_shaped, refuse_unsafe_multiline_text, refuse_unsafe_text
+from console.request_origin import current_ip
 
 org_id_validator = RegexValidator(
     r"^org-[A-Za-z0-9]{8,64}$",
@@ -297,7 +298,8 @@ class AuditEventQuerySet(models.QuerySet):
 
 class AuditEvent(models.Model):
     """Append-only record of who did what. `details` never holds secret material: only
-    hints, ids and field names."""
+    hints, ids and field names; "ip" is the client's address when the event was made
+    while serving a request (commands and tasks have none: their actor says which)."""
 
     at = models.DateTimeField(default=now, db_index=True)
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True)
@@ -342,7 +344,11 @@ class AuditEvent(models.Model):
 
     @classmethod
     def build(cls, actor, action, target, **details):
-        """An unsaved event; see `record`."""
+        """An unsaved event; see `record`. Made while serving a request, its details hold
+        the client's address as "ip" (console/request_origin.py) unless the caller gave one."""
+        ip = current_ip()
+        if ip and "ip" not in details:
+            details["ip"] = ip
         user = actor if getattr(actor, "pk", None) and hasattr(actor, "get_username") else None
         label = user.get_username() if user else str(actor or "system")
         return cls(

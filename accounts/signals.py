@@ -1,4 +1,4 @@
-"""Logins, logouts, failed logins and lockouts into the audit log.
+"""Logins, logouts, failed logins, lockouts and refused requests into the audit log.
 
 Actions (accounts.models.AuditEvent):
 
@@ -7,9 +7,13 @@ Actions (accounts.models.AuditEvent):
     auth.login_failed   a wrong password, a missing or wrong second factor, or an attempt
                         refused because the username or address is locked out
     auth.locked_out     the failed attempt that started a lockout (django-axes)
+    access.denied       a request answered 403 (console/denials.py): a reviewer's change,
+                        add or delete, an action the user may not run, a CSRF refusal.
+                        Details: the method, the path (never the query string or the
+                        body), the admin view's name and object id when there is one.
 
 An attempt's actor is "anonymous": nobody has proved who they are. Its details hold the
-client address and, for a refused attempt, why. When the submitted username belongs to a
+client address ("ip") and, for a refused attempt, why. When the submitted username belongs to a
 user, the user is the target. When it belongs to nobody it is not stored anywhere — people
 type passwords and API keys into the wrong box — only the fact that it was unknown.
 Passwords and tokens are never stored.
@@ -28,6 +32,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
 from django.utils.crypto import salted_hmac
+
+from console.denials import permission_denied
+from console.leakguard import redact_key_shaped
 
 from .models import AuditEvent
 
@@ -74,7 +81,7 @@ def lockout_username(request, credentials):
 
 
 def attempt_details(request, user):
-    details = {"address": client_address(request)}
+    details = {"ip": client_address(request)}
     if user is None:
         details["unknown_username"] = True
     return details
@@ -90,13 +97,13 @@ def failures_counted(request):
 @receiver(user_logged_in, dispatch_uid="accounts.audit_login")
 def record_login(sender, request, user, **kwargs):
     if is_from_a_client(request):
-        AuditEvent.record(user, "auth.login", user, address=client_address(request))
+        AuditEvent.record(user, "auth.login", user, ip=client_address(request))
 
 
 @receiver(user_logged_out, dispatch_uid="accounts.audit_logout")
 def record_logout(sender, request, user, **kwargs):
     if user is not None and is_from_a_client(request):
-        AuditEvent.record(user, "auth.logout", user, address=client_address(request))
+        AuditEvent.record(user, "auth.logout", user, ip=client_address(request))
 
 
 @receiver(user_login_failed, dispatch_uid="accounts.audit_login_failed")
@@ -124,3 +131,23 @@ def record_lockout(sender, request, username, ip_address, **kwargs):
         return
     user = user_named(submitted_username(request, credentials))
     AuditEvent.record(ANONYMOUS, "auth.locked_out", user, failures=limit, **attempt_details(request, user))
+
+
+def denial_details(request):
+    """What a refused request was: method, path, view and object id. Each is cut short
+    and stripped of anything key-shaped (a path is whatever the client typed)."""
+    details = {"method": request.method[:10], "path": redact_key_shaped(request.path)[:300]}
+    match = getattr(request, "resolver_match", None)
+    if match is not None:
+        details["view"] = match.view_name[:100]
+        object_id = match.kwargs.get("object_id")
+        if object_id:
+            details["object_id"] = redact_key_shaped(str(object_id))[:64]
+    return details
+
+
+@receiver(permission_denied, dispatch_uid="accounts.audit_permission_denied")
+def record_permission_denied(sender, request, **kwargs):
+    user = getattr(request, "user", None)
+    actor = user if getattr(user, "is_authenticated", False) else ANONYMOUS
+    AuditEvent.record(actor, "access.denied", None, **denial_details(request))

@@ -10,6 +10,8 @@ On top of Django's AdminSite it adds the login hardening (README, "Login and ses
 - the "Two-factor authentication" pages at two-factor/;
 - `lockout_response`: what django-axes answers a locked-out login with (the login page
   with the reason, HTTP 429), instead of a bare text.
+
+And the read-only "Access" page (access/, accounts/access.py), listed under the accounts app.
 """
 
 from functools import update_wrapper
@@ -20,7 +22,7 @@ from django.http import HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import path, reverse
 
-from accounts import two_factor
+from accounts import access, two_factor
 
 
 class ConsoleAdminSite(admin.AdminSite):
@@ -62,7 +64,22 @@ class ConsoleAdminSite(admin.AdminSite):
                 name="two_factor_recovery_codes",
             ),
             path("two-factor/disable/", site_view(two_factor.disable_view), name="two_factor_disable"),
+            path("access/", self.admin_view(self.access_page), name="access"),
         ] + super().get_urls()
+
+    def access_page(self, request):
+        """Who has access, with which role (accounts/access.py)."""
+        return access.access_view(request, self)
+
+    def get_app_list(self, request, app_label=None):
+        apps = super().get_app_list(request, app_label)
+        if access.may_view(request.user):
+            for app in apps:
+                if app["app_label"] == "accounts":  # the Access page, next to the audit log
+                    url = reverse("admin:access", current_app=self.name)
+                    page = {"name": "Access", "object_name": "Access", "admin_url": url, "view_only": True}
+                    app["models"].append(page)
+        return apps
 
     def login(self, request, extra_context=None):
         context = {"second_factor_pending": two_factor.is_second_factor_pending(request.user)}

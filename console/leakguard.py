@@ -38,6 +38,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.forms.renderers import DjangoTemplates
 from django.utils.safestring import SafeData, mark_safe
 
+from .request_origin import acting_as
+
 MARKER = "T3BlbkFJ"
 
 _MARKER = re.compile(rf"(?<=[A-Za-z0-9_\-]{{20}}){MARKER}(?=[A-Za-z0-9_\-]{{20}})")
@@ -268,7 +270,8 @@ class GuardedCommand(BaseCommand):
             if options.get(name):
                 options[name] = RedactingOutput(options[name])
         try:
-            return super().execute(*args, **options)
+            with acting_as("cli:" + type(self).__module__.rsplit(".", 1)[-1]):  # who the audit log names
+                return super().execute(*args, **options)
         except CommandError as e:
             message = str(e)
             cleaned = redact_key_shaped(message)

@@ -51,6 +51,10 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # The audit log's source address and actor (console/request_origin.py), and every 403
+    # recorded as a refusal (console/denials.py).
+    "console.request_origin.RequestOriginMiddleware",
+    "console.denials.DenialMiddleware",
     "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",

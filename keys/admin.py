@@ -292,8 +292,13 @@ class ApiKeyAdmin(KeyActionsAdmin, AuditedAdmin):
 
     @admin.action(description="Probe now", permissions=["change"])
     def probe_selected(self, request, queryset):
-        key_ids = list(queryset.active().values_list("pk", flat=True))
+        keys = list(queryset.active().select_related(None).only("pk", "name", "hint"))
+        key_ids = [key.pk for key in keys]
         queued = tasks.enqueue_probes(key_ids)
+        AuditEvent.record_many(
+            AuditEvent.build(request.user, "key.probe_requested", key, hint=key.hint, queued=bool(queued))
+            for key in keys
+        )
         level = messages.INFO if queued or not key_ids else messages.WARNING
         self.message_user(request, probe_queued_message(queued, len(key_ids)), level)
 

@@ -210,6 +210,7 @@ def test_registering_org_then_project_then_key_through_the_admin_works_and_is_au
     created = {e.target_id: e.details for e in actions("key.created")}
     for details in created.values():
         assert details.pop("organization") == org.pk
+        assert details.pop("ip") == "127.0.0.1"  # the admin's client address
     assert created == {
         str(admin_key.pk): {"hint": admin_key.hint, "kind": "admin", "provider": "openai", "project": None},
         str(inline_key.pk): {"hint": inline_key.hint, "kind": "project", "provider": "openai", "project": project.pk},
@@ -361,7 +362,11 @@ def test_a_blank_secret_on_change_keeps_the_old_secret_and_records_only_the_edit
     assert key.rotated_at is None
     assert not actions("key.secret_replaced")
     [updated] = actions("key.updated")
-    assert updated.details == {"hint": key.hint, "changes": {"owner": {"old": "old owner", "new": "new owner"}}}
+    assert updated.details == {
+        "hint": key.hint,
+        "changes": {"owner": {"old": "old owner", "new": "new owner"}},
+        "ip": "127.0.0.1",
+    }
 
 
 @pytest.mark.django_db
@@ -508,7 +513,7 @@ def test_deleting_a_key_records_it_with_its_hint(client, admin_user, make_key):
     assert response.status_code == 302
     assert not ApiKey.objects.exists()
     [event] = actions("key.deleted")
-    assert (event.target_id, event.details) == (str(key.pk), key.audit_details())
+    assert (event.target_id, event.details) == (str(key.pk), {**key.audit_details(), "ip": "127.0.0.1"})
     assert event.details["hint"] == key.hint
 
 
@@ -560,7 +565,7 @@ def test_a_key_row_saved_on_the_project_page_is_audited_like_the_key_page(admin_
     assert key.owner == "b"
     assert key.reveal_secret() == secret
     [event] = actions("key.updated")
-    assert event.details == {"hint": key.hint, "changes": {"owner": {"old": "a", "new": "b"}}}
+    assert event.details == {"hint": key.hint, "changes": {"owner": {"old": "a", "new": "b"}}, "ip": "127.0.0.1"}
     assert not actions("key.secret_replaced")
     assert not actions("project.updated")  # the project's own fields did not change
 
@@ -624,7 +629,7 @@ def test_editing_tiers_in_the_list_is_audited(admin_client):
     assert response.status_code == 302
     assert Tier.objects.get(pk=tiers[1].pk).requests_per_minute == 600
     [event] = actions("tier.updated")
-    assert event.details == {"changes": {"requests_per_minute": {"old": 500, "new": 600}}}
+    assert event.details == {"changes": {"requests_per_minute": {"old": 500, "new": 600}}, "ip": "127.0.0.1"}
 
 
 @pytest.mark.django_db

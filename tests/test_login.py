@@ -143,12 +143,12 @@ def test_a_successful_login_and_a_logout_are_audited(client, admin_user):
 
     (login,) = events("auth.login")
     assert (login.actor, login.actor_label, login.target_id) == (admin_user, "alice", str(admin_user.pk))
-    assert login.details == {"address": "127.0.0.5"}
+    assert login.details == {"ip": "127.0.0.5"}
     (logout,) = events("auth.logout")
     assert (logout.actor, logout.target_id, logout.details) == (
         admin_user,
         str(admin_user.pk),
-        {"address": "127.0.0.5"},
+        {"ip": "127.0.0.5"},
     )
 
 
@@ -158,7 +158,7 @@ def test_a_failed_login_of_a_user_is_audited_without_the_password(client, admin_
     (event,) = events("auth.login_failed")
     assert event.actor is None and event.actor_label == "anonymous"
     assert (event.target_type, event.target_id) == ("user", str(admin_user.pk))
-    assert event.details == {"address": "127.0.0.6"}
+    assert event.details == {"ip": "127.0.0.6"}
     stored = json.dumps(list(AuditEvent.objects.values()) + list(AccessAttempt.objects.values()), default=str)
     assert WRONG not in stored
     assert WRONG not in caplog.text
@@ -171,7 +171,7 @@ def test_a_failed_login_with_a_key_shaped_username_stores_no_part_of_it(client, 
 
     (event,) = events("auth.login_failed")
     assert (event.target_type, event.target_id, event.target_repr) == ("", "", "")
-    assert event.details == {"address": "127.0.0.7", "unknown_username": True}
+    assert event.details == {"ip": "127.0.0.7", "unknown_username": True}
     stored = json.dumps(
         [
             list(AuditEvent.objects.values()),
@@ -204,7 +204,7 @@ def test_a_lockout_is_audited_once_and_refused_attempts_say_why(client, admin_us
 
     (lockout,) = events("auth.locked_out")
     assert lockout.target_id == str(admin_user.pk)
-    assert lockout.details == {"address": "127.0.0.8", "failures": limit}
+    assert lockout.details == {"ip": "127.0.0.8", "failures": limit}
     failed = events("auth.login_failed")
     assert len(failed) == limit + 1
     assert [e.details.get("reason") for e in failed] == [None] * limit + ["locked out"]

@@ -3,7 +3,9 @@
 Console admins have full rights on organizations, projects, tiers, keys and circuits and
 may only look at audit events and probe results. Security reviewers may look at
 everything and change nothing. Non-staff users and anonymous visitors are sent to the
-login page. Nobody, not even a superuser, adds, changes or deletes an audit event.
+login page. Nobody, not even a superuser, adds, changes or deletes an audit event. A
+refused request (403) changes nothing but the audit log, where it is one "access.denied"
+event naming who, how and where.
 """
 
 from datetime import timedelta
@@ -202,8 +204,9 @@ def test_every_admin_action_of_ours_is_covered_here(rf, db):
             assert set(model_admin.get_actions(request)) <= set(CHANGELISTS[label][2]), label
 
 
-def snapshot():
-    """Everything a request could change in the world: each row of ours, every field."""
+def snapshot(events_upto=None):
+    """Everything a request could change in the world: each row of ours, every field
+    (audit events only up to `events_upto` when given: a refusal adds its own)."""
     models = [
         Organization,
         Project,
@@ -216,7 +219,27 @@ def snapshot():
         CostBucket,
         IngestState,
     ]
-    return {m.__name__: sorted(map(repr, m.objects.order_by("pk").values())) for m in models}
+    rows = {m: m.objects.order_by("pk") for m in models}
+    if events_upto is not None:
+        rows[AuditEvent] = rows[AuditEvent].filter(pk__lte=events_upto)
+    return {m.__name__: sorted(map(repr, qs.values())) for m, qs in rows.items()}
+
+
+USERNAMES = {"admin": "alice", "reviewer": "rita", "superuser": "root"}
+
+
+def last_event_id():
+    return AuditEvent.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+
+
+def assert_one_denial_recorded(since, role, method, url):
+    """A 403 is itself audited, once: who, how, where and from which address — and it
+    is the only event the refused request made."""
+    (event,) = AuditEvent.objects.filter(pk__gt=since)
+    assert event.action == "access.denied"
+    assert event.actor_label == USERNAMES[role] and event.actor.username == USERNAMES[role]
+    assert (event.details["method"], event.details["path"], event.details["ip"]) == (method, url, "127.0.0.1")
+    assert (event.target_type, event.target_id) == ("", "")
 
 
 @pytest.mark.django_db
@@ -225,6 +248,7 @@ def test_each_role_gets_exactly_its_rights_on_each_admin_url(client_as, world, r
     client = client_as(role)
     obj = world[label]
     before = snapshot()
+    since = last_event_id()
     url = url_for(label, view, obj)
     if view.startswith("action:"):
         data = {"action": view.removeprefix("action:"), "_selected_action": [obj.pk], "index": "0"}
@@ -253,8 +277,13 @@ def test_each_role_gets_exactly_its_rights_on_each_admin_url(client_as, world, r
     else:
         assert response.status_code == want
     if want in ("login", 403, "lacks key delete") or (want == 200 and method == "GET"):
-        # Refused (or only looked): the effect is nothing at all, not just a status code.
-        assert snapshot() == before
+        # Refused (or only looked): the effect is nothing at all, not just a status code,
+        # but for the one event that records the refusal.
+        if response.status_code == 403:
+            assert_one_denial_recorded(since, role, method, url)
+        else:
+            assert last_event_id() == since
+        assert snapshot(events_upto=since) == before
 
 
 @pytest.mark.django_db
@@ -283,7 +312,10 @@ def test_nobody_can_add_change_or_delete_an_audit_event(client_as, world, role):
     assert client.post(reverse("admin:accounts_auditevent_delete", args=[event.pk]), {"post": "yes"}).status_code == 403
     event.refresh_from_db()
     assert event.action == "key.created"
-    assert AuditEvent.objects.count() == 1
+    # Nothing was added but the four refusals, each recorded as one.
+    others = AuditEvent.objects.exclude(pk=event.pk)
+    assert [e.action for e in others] == ["access.denied"] * 4
+    assert {e.actor_label for e in others} == {USERNAMES[role]}
 
 
 @pytest.mark.django_db

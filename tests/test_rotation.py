@@ -672,5 +672,9 @@ def test_role_matrix_for_the_key_action_pages(
             assert SupersededSecret.objects.filter(key=key).count() == 1
         assert AuditEvent.objects.count() > events
     else:
-        assert after == before and AuditEvent.objects.count() == events
+        # Nothing changed; the only new events are the refusals themselves (a reviewer's
+        # GET and POST, each recorded as access.denied).
+        denied = 2 if role == "reviewer" else 0
+        assert after == before and AuditEvent.objects.count() == events + denied
+        assert AuditEvent.objects.filter(action="access.denied").count() == denied
         assert not SupersededSecret.objects.exists()

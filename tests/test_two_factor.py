@@ -149,7 +149,7 @@ def test_enrolment_shows_a_qr_code_and_the_secret_and_confirms_with_a_first_code
     assert not [c for c in codes if c in status]
 
     (event,) = AuditEvent.objects.filter(action="auth.2fa_enabled")
-    assert (event.actor, event.target_id, event.details) == (admin_user, str(admin_user.pk), {})
+    assert (event.actor, event.target_id, event.details) == (admin_user, str(admin_user.pk), {"ip": "127.0.0.1"})
     stored = json.dumps(list(AuditEvent.objects.values()), default=str)
     for secret in [device.key, two_factor.base32_secret(device).replace(" ", ""), *codes]:
         assert secret not in stored
@@ -171,7 +171,7 @@ def test_new_recovery_codes_replace_the_old_ones_after_the_password(client, enro
     assert len(new) == 10 and not set(new) & set(old)
     assert sorted(t.token for t in StaticToken.objects.all()) == sorted(c.replace("-", "") for c in new)
     (event,) = AuditEvent.objects.filter(action="auth.recovery_codes_regenerated")
-    assert event.details == {}
+    assert event.details == {"ip": "127.0.0.1"}
 
 
 def test_two_factor_is_turned_off_only_with_the_password(client, enrolled, admin_user):

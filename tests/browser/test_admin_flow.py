@@ -184,6 +184,10 @@ def test_a_console_admin_registers_a_key_and_never_sees_its_secret_again(
     assert "assistant-web" in page.inner_text("#content")
     assert secret not in page.content()
     shoot(page, "audit-log")
+
+    page.goto(f"{live_server.url}/admin/access/")
+    assert "console admin" in page.inner_text("#access-list")
+    shoot(page, "access")
     # ORM calls made while Playwright's loop runs got context-local connections; close
     # them, or the test database cannot be dropped at the end of the session.
     connections.close_all()

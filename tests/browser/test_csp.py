@@ -103,6 +103,8 @@ def test_the_admin_runs_under_the_content_security_policy_without_a_violation(
 
     watch.visit(f"{base}/admin/accounts/auditevent/")
     assert "auth.2fa_enabled" in page.inner_text("#result_list")
+    watch.visit(f"{base}/admin/access/")
+    assert page.locator("#access-list tr.access-row").count() >= 1
 
     assert watch.found == []
     assert Organization.objects.filter(pk=org.pk).exists()
