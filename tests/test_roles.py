@@ -18,7 +18,7 @@ from django.urls import reverse
 from accounts.models import AuditEvent, Organization, Project, Tier
 from keys import formats
 from keys.models import ApiKey, Circuit, CircuitState, ProbeResult
-from usage.models import CostBucket, IngestState, UsageBucket
+from usage.models import BudgetAlert, CostBucket, IngestState, ModelPrice, UsageBucket
 
 # model label → (search and filter on its changelist, expected result count, actions)
 CHANGELISTS = {
@@ -44,9 +44,18 @@ CHANGELISTS = {
     ),
     "usage.costbucket": ({"q": "key_RolesUnknown01", "registered": "no"}, 1, ["delete_selected"]),
     "usage.ingeststate": ({"q": "Acme", "last_outcome__exact": "ok"}, 1, ["delete_selected"]),
+    "usage.modelprice": ({"q": "gpt-4o-mini"}, 1, ["delete_selected"]),
+    "usage.budgetalert": ({"q": "Acme", "kind__exact": "threshold"}, 1, ["delete_selected"]),
 }
 # What console admins may write; the rest they may only view.
-ADMIN_WRITES = {"accounts.organization", "accounts.project", "accounts.tier", "keys.apikey", "keys.circuit"}
+ADMIN_WRITES = {
+    "accounts.organization",
+    "accounts.project",
+    "accounts.tier",
+    "keys.apikey",
+    "keys.circuit",
+    "usage.modelprice",
+}
 # What nobody may write, superusers included.
 NOBODY_WRITES = {
     "accounts.auditevent",
@@ -54,6 +63,7 @@ NOBODY_WRITES = {
     "usage.usagebucket",
     "usage.costbucket",
     "usage.ingeststate",
+    "usage.budgetalert",
 }
 # What nobody may add by hand: circuits are made by the breaker, one per API host.
 NOBODY_ADDS = {"keys.circuit"}
@@ -131,6 +141,9 @@ def world(admin_user, make_key):
         amount=1,
     )
     IngestState.objects.create(organization=key.organization, last_outcome="ok")
+    BudgetAlert.objects.create(
+        organization=key.organization, threshold=50, month=day.date().replace(day=1), spend_usd=5, budget_usd=10
+    )
     return {
         "accounts.organization": key.organization,
         "accounts.project": key.project,
@@ -142,6 +155,8 @@ def world(admin_user, make_key):
         "usage.usagebucket": UsageBucket.objects.get(),
         "usage.costbucket": CostBucket.objects.get(),
         "usage.ingeststate": IngestState.objects.get(),
+        "usage.modelprice": ModelPrice.objects.get(model="gpt-4o-mini"),
+        "usage.budgetalert": BudgetAlert.objects.get(),
     }
 
 
@@ -204,6 +219,8 @@ def snapshot():
         UsageBucket,
         CostBucket,
         IngestState,
+        ModelPrice,
+        BudgetAlert,
     ]
     return {m.__name__: sorted(map(repr, m.objects.order_by("pk").values())) for m in models}
 
