@@ -462,3 +462,42 @@ def test_two_processes_evaluating_at_once_raise_each_alert_once(tmp_path, receiv
     assert len({r["body"] for r in hook.requests}) == expected  # no notification twice
     assert Notification.objects.filter(email_sent_at__isnull=True).count() == 0
     assert Notification.objects.filter(webhook_sent_at__isnull=True).count() == 0
+
+
+# --- The Budget alerts list -------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_budget_alerts_list_shows_each_delivery_state_in_constant_queries(
+    budgeted, receiver, settings, reviewer_client, django_assert_max_num_queries
+):
+    from django.urls import reverse
+
+    settings.NOTIFICATION_MAX_ATTEMPTS = 1
+    hook = receiver(statuses=[500])
+    with_webhook(budgeted, hook.url)
+    cost(budgeted, "55")
+    alerts.evaluate(NOW)
+    notifications.deliver_due(NOW)  # 50 %: one attempt, webhook 500, given up
+    cost(budgeted, "30")
+    alerts.evaluate(NOW)  # 80 %: pending
+    url = reverse("admin:usage_budgetalert_changelist")
+    html = reviewer_client.get(url).content.decode()
+    assert "Gave up after 1" in html and "Pending (0 attempts)" in html
+    assert "webhook answered HTTP 500 (127.0.0.1)" in html
+    assert "hook-token-123" not in html
+    settings.NOTIFICATION_MAX_ATTEMPTS = 8
+    notifications.deliver_due(NOW + timedelta(days=1))
+    assert "Delivered" in reviewer_client.get(url).content.decode()
+
+    with django_assert_max_num_queries(20) as few:
+        reviewer_client.get(url)
+    for i in range(15):
+        project = Project.objects.create(
+            organization=budgeted, name=f"P{i}", openai_project_id=f"proj_List{i:010d}", monthly_budget_usd=D("1")
+        )
+        cost(budgeted, "2", project=project)
+    alerts.evaluate(NOW)
+    assert BudgetAlert.objects.count() == 3 + 15 * 3  # the organization is over now too
+    with django_assert_max_num_queries(len(few.captured_queries)):
+        reviewer_client.get(url)

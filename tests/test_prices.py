@@ -215,9 +215,17 @@ def test_estimate_cost_refuses_a_key_shaped_argument_without_echoing_it(capsys):
 ESTIMATE = {"model": "gpt-4.1", "input_tokens": "1000000", "cached_input_tokens": "0", "output_tokens": "500000"}
 
 
+@pytest.fixture
+def superuser_client(client, db):
+    from django.contrib.auth.models import User
+
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw-root-123456"))
+    return client
+
+
 @pytest.mark.django_db
-@pytest.mark.parametrize("who", ["admin_client", "reviewer_client"])
-def test_admins_and_reviewers_can_estimate_and_nothing_is_written(request, who):
+@pytest.mark.parametrize("who", ["admin_client", "reviewer_client", "superuser_client"])
+def test_admins_reviewers_and_superusers_can_estimate_and_nothing_is_written(request, who):
     client = request.getfixturevalue(who)
     before = (ModelPrice.objects.count(), AuditEvent.objects.count())
     response = client.get(reverse("admin:usage_estimate_cost"), {**ESTIMATE, "on": "2026-01-01"})
@@ -426,7 +434,7 @@ def test_reconciliation_queries_stay_constant_as_rows_grow(ledger, org, django_a
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("who", ["admin_client", "reviewer_client"])
+@pytest.mark.parametrize("who", ["admin_client", "reviewer_client", "superuser_client"])
 def test_the_reconciliation_page_shows_the_rows_to_admins_and_reviewers(request, ledger, who, monkeypatch):
     import usage.price_admin
 

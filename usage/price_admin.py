@@ -149,6 +149,7 @@ class BudgetAlertAdmin(ReadOnlyAdmin):
         "budget_usd",
         "estimated",
         "delivery",
+        "delivery_error",
     ]
     list_select_related = ["organization", "project__organization", "notification"]
     list_filter = ["kind", "month", "organization"]
@@ -172,3 +173,8 @@ class BudgetAlertAdmin(ReadOnlyAdmin):
         if n.next_attempt_at is None:
             return badge("ok", "Delivered")
         return badge("warn", f"Pending ({n.attempts} attempt{'s' if n.attempts != 1 else ''})")
+
+    @admin.display(description="last delivery error")
+    def delivery_error(self, alert):
+        """Scrubbed by the outbox: the channel, host and status, never a URL's path or query."""
+        return (alert.notification.last_error if alert.notification else "") or "—"
