@@ -256,6 +256,30 @@ def test_each_role_gets_exactly_its_rights_on_each_admin_url(client_as, world, r
         assert snapshot() == before
 
 
+# Pages that only read: every staff role may look (a POST is not allowed), nobody changes anything.
+READ_ONLY_PAGES = {
+    "admin:usage_estimate_cost": {"model": "gpt-4o-mini", "input_tokens": "1000", "output_tokens": "10"},
+    "admin:usage_reconciliation": {"months": "3"},
+}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize("page", list(READ_ONLY_PAGES))
+@pytest.mark.parametrize("role", ROLES)
+def test_each_role_gets_exactly_its_rights_on_each_read_only_page(client_as, world, role, page, method):
+    client = client_as(role)
+    before = snapshot()
+    send = client.get if method == "GET" else client.post
+    response = send(reverse(page), READ_ONLY_PAGES[page])
+    if role in ("outsider", "anonymous"):
+        assert response.status_code == 302
+        assert response.url.startswith(reverse("admin:login"))
+    else:
+        assert response.status_code == (200 if method == "GET" else 405)
+    assert snapshot() == before
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize("role", ["admin", "reviewer", "superuser"])
 @pytest.mark.parametrize("label", list(CHANGELISTS))

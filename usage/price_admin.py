@@ -13,6 +13,7 @@ from django import forms
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.core.validators import MinValueValidator
+from django.http import HttpResponseNotAllowed
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.timezone import now as current_time
@@ -92,6 +93,8 @@ class ModelPriceAdmin(AuditedAdmin):
     def _page(self, request, template, title, **context):
         if not self.has_view_permission(request):
             raise PermissionDenied
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponseNotAllowed(["GET", "HEAD"])
         context = {**self.admin_site.each_context(request), "title": title, "opts": self.model._meta, **context}
         return TemplateResponse(request, template, context)
 
