@@ -501,3 +501,17 @@ def test_the_budget_alerts_list_shows_each_delivery_state_in_constant_queries(
     assert BudgetAlert.objects.count() == 3 + 15 * 3  # the organization is over now too
     with django_assert_max_num_queries(len(few.captured_queries)):
         reviewer_client.get(url)
+
+
+@pytest.mark.django_db
+def test_an_evaluation_with_nothing_new_costs_two_queries_per_scope(budgeted, django_assert_num_queries):
+    for i in range(10):
+        project = Project.objects.create(
+            organization=budgeted, name=f"P{i}", openai_project_id=f"proj_Calm{i:010d}", monthly_budget_usd=D("1")
+        )
+        cost(budgeted, "2", project=project)
+    assert len(alerts.evaluate(NOW).raised) == 10 * 3  # the organization ($20 of $100) raises none
+    # Prices, this month's alerts, the organizations, the projects; then spend (billed and
+    # usage) per scope.
+    with django_assert_num_queries(4 + 2 * 11):
+        assert alerts.evaluate(NOW).raised == []

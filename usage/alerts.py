@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from django.db import transaction
 from django.utils.timezone import now as current_time
 
-from accounts.models import Organization, Project
+from accounts.models import Notification, Organization, Project
 from accounts.notifications import enqueue
 
 from .budgets import CENT, BudgetState, budget_state, crossed_thresholds, forecast, month_start, percent_used
@@ -104,24 +104,36 @@ def raise_alert(organization, project, kind, threshold, spend, budget, now):
         if not created:
             return None
         subject, text = message(organization, project, kind, threshold, spend, budget, now)
-        notification, _ = enqueue(
+        notification, raised = enqueue(
             organization, dedupe_key(organization, project, kind, threshold, month), NOTIFICATION_KIND, subject, text
         )
+        if raised:
+            # Raised at the evaluation's `now` (the real time, except in tests and replays),
+            # and due for delivery from then.
+            Notification.objects.filter(pk=notification.pk).update(created=now, next_attempt_at=now)
+            notification.created = notification.next_attempt_at = now
         alert.notification = notification
         alert.save(update_fields=["notification"])
     log.info("Budget alert: %s", subject)
     return alert
 
 
-def evaluate_scope(organization, project, budget, now, prices):
-    """Raise what one scope's spend calls for; returns the alerts created."""
+def evaluate_scope(organization, project, budget, now, prices, existing=frozenset()):
+    """Raise what one scope's spend calls for; returns the alerts created. `existing`
+    holds (organization id, project id, kind, threshold) of this month's alerts already
+    raised, read once per evaluation: they are skipped without a query. A missing one
+    still goes through raise_alert, where the constraint decides."""
     spend = month_to_date(organization, project, now, prices=prices)
     thresholds = organization.alert_threshold_list()
-    raised = []
-    for threshold in crossed_thresholds(spend.total, budget, thresholds):
-        raised.append(raise_alert(organization, project, AlertKind.THRESHOLD, threshold, spend, budget, now))
+    wanted = [(AlertKind.THRESHOLD, t) for t in crossed_thresholds(spend.total, budget, thresholds)]
     if budget_state(spend.total, budget, thresholds, now) == BudgetState.FORECAST:
-        raised.append(raise_alert(organization, project, AlertKind.FORECAST, 100, spend, budget, now))
+        wanted.append((AlertKind.FORECAST, 100))
+    project_id = project.pk if project is not None else None
+    raised = [
+        raise_alert(organization, project, kind, threshold, spend, budget, now)
+        for kind, threshold in wanted
+        if (organization.pk, project_id, kind, threshold) not in existing
+    ]
     return [alert for alert in raised if alert is not None]
 
 
@@ -143,11 +155,16 @@ def evaluate(now=None):
     failure is logged and never stops the others."""
     now = now or current_time()
     prices = PriceBook.load()
+    existing = frozenset(
+        BudgetAlert.objects.filter(month=month_start(now).date()).values_list(
+            "organization_id", "project_id", "kind", "threshold"
+        )
+    )
     summary = EvaluationSummary()
     for organization, project, budget in budgeted_scopes():
         summary.scopes += 1
         try:
-            summary.raised.extend(evaluate_scope(organization, project, budget, now, prices))
+            summary.raised.extend(evaluate_scope(organization, project, budget, now, prices, existing))
         except Exception:
             log.exception("Budget evaluation failed for %s", project or organization)
     return summary
