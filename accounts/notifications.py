@@ -171,7 +171,9 @@ def deliver(n, now):
             errors.append(f"email failed: {type(e).__name__}: {e}")
         else:
             n.email_sent_at = timezone.now()
-            Notification.objects.filter(pk=n.pk).update(email_sent_at=n.email_sent_at)
+            if n.webhook_url and n.webhook_sent_at is None:
+                # Recorded before the webhook is tried: whatever happens to it, no resend.
+                Notification.objects.filter(pk=n.pk).update(email_sent_at=n.email_sent_at)
     if n.webhook_url and n.webhook_sent_at is None:
         error = post_webhook(n)
         if error is None:
@@ -181,7 +183,7 @@ def deliver(n, now):
             errors.append(error)
 
     n.attempts += 1
-    fields = {"attempts": n.attempts}
+    fields = {"attempts": n.attempts, "email_sent_at": n.email_sent_at}
     if not errors:
         outcome, fields["next_attempt_at"] = "delivered", None
     else:
