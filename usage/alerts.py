@@ -16,7 +16,11 @@ unique constraints cover (scope, kind, threshold, month) and the notification wi
 unique dedupe key `budget:<org|project>:<id>:<kind>:<threshold>:<YYYY-MM>`. When two
 workers evaluate at once, the second insert waits for the first to commit, fails the
 constraint, and get_or_create returns the first's row: one alert, one notification, one
-email. Delivery is the outbox's (accounts/notifications.py).
+email. Delivery is the outbox's (accounts/notifications.py); a notification raised here is
+due from the evaluation's `now`.
+
+Cost: this month's alerts are read once per evaluation, so a scope whose alerts were all
+raised already costs only its two spend queries (the hourly steady state).
 """
 
 import logging
