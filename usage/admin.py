@@ -128,3 +128,7 @@ class IngestStateAdmin(ReadOnlyAdmin):
         if row.is_failing():
             return badge("failing", row.last_outcome or "failing")
         return badge("ok", "OK") if row.last_success_at else badge("muted", "Never")
+
+
+# Model prices, budget alerts and the estimate / reconciliation pages.
+from . import price_admin  # noqa: E402,F401
