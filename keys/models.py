@@ -60,8 +60,7 @@ class ApiKeyQuerySet(models.QuerySet):
         """{state: count, "flag:<name>": count} over this queryset, in one query."""
         annotated = self.with_rotation(now)
         aggregates = {
-            state.value: models.Count("pk", filter=models.Q(key_state=state.value))
-            for state in states.RotationState
+            state.value: models.Count("pk", filter=models.Q(key_state=state.value)) for state in states.RotationState
         }
         for flag in states.FlagName:
             aggregates[f"flag:{flag.value}"] = models.Count("pk", filter=models.Q(**{states.flag_field(flag): True}))
