@@ -6,8 +6,11 @@ fingerprint (ApiKey.secret_fields, enforced by console.admin_base.GuardedAdmin),
 audit events carry only hints, ids and field values (accounts.audit).
 """
 
+from functools import partial
+
 from django.contrib import admin, messages
 from django.db import transaction
+from django.urls import path
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.utils.timezone import now
@@ -22,6 +25,7 @@ from console.upstream import Outcome
 from . import tasks
 from .forms import ApiKeyForm
 from .models import ApiKey, Circuit, CircuitState, Kind, ProbeResult
+from .report_views import rotation_report_view
 from .states_admin import RotationDisplays, RotationStateFilter, StaleFlagFilter
 
 BADGE_CSS = {"all": ["keys/admin.css"]}
@@ -254,6 +258,10 @@ class ApiKeyAdmin(RotationDisplays, AuditedAdmin):
             # entered; changing them later would skip that check. Register a new key.
             fields += ["kind", "provider"]
         return fields
+
+    def get_urls(self):
+        report = self.admin_site.admin_view(partial(rotation_report_view, model_admin=self))
+        return [path("rotation-report/", report, name="keys_rotation_report"), *super().get_urls()]
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "project":
