@@ -371,3 +371,9 @@ def test_page_queries_do_not_grow_with_keys(history, reviewer_client, project):
     few = count()
     add_keys(30, project)
     assert count() == few
+
+
+@pytest.mark.django_db
+def test_the_key_list_links_to_the_report(reviewer_client):
+    html = reviewer_client.get(reverse("admin:keys_apikey_changelist")).content.decode()
+    assert f'href="{URL}" id="rotation-report-link"' in html
