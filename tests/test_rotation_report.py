@@ -377,3 +377,30 @@ def test_page_queries_do_not_grow_with_keys(history, reviewer_client, project):
 def test_the_key_list_links_to_the_report(reviewer_client):
     html = reviewer_client.get(reverse("admin:keys_apikey_changelist")).content.decode()
     assert f'href="{URL}" id="rotation-report-link"' in html
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("as_of", [None, "2025-04-01"], ids=["now", "as-of"])
+def test_a_page_has_the_totals_of_all_rows_in_two_queries(history, django_assert_num_queries, as_of):
+    as_of = report.parse_as_of(as_of)
+    whole = report.build(now=at("2025-08-20"), as_of=as_of)
+    pages = []
+    for number in (1, 2, 3):
+        with django_assert_num_queries(2):
+            part, count = report.build_page(now=at("2025-08-20"), as_of=as_of, page=number, per_page=2)
+        assert (part.totals, part.flag_totals, count) == (whole.totals, whole.flag_totals, len(whole.rows))
+        pages.append([row["key_id"] for row in part.rows])
+    assert [k for page in pages[: (len(whole.rows) + 1) // 2] for k in page] == [r["key_id"] for r in whole.rows]
+
+
+@pytest.mark.django_db
+def test_the_page_pages(history, reviewer_client, monkeypatch):
+    from keys import report_views
+
+    monkeypatch.setattr(report_views, "PAGE_SIZE", 2)
+    first = reviewer_client.get(URL, {"organization": "acme"})
+    second = reviewer_client.get(URL, {"organization": "acme", "page": "2"})
+    names = [[r["key_name"] for r in response.context["rows"]] for response in (first, second)]
+    assert names == [["alpha", "beta"], ["delta", "gamma"]]
+    assert "Page 2 of 2" in second.content.decode()
+    assert [e.details["rows"] for e in AuditEvent.objects.filter(action="report.viewed")] == [4, 4]
