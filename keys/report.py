@@ -115,7 +115,7 @@ def parse_as_of(text):
     except ValueError:
         moment = None
     if moment is None:
-        raise ReportError(f"“{text[:40]}” is not a date (YYYY-MM-DD) or an ISO date-time.")
+        raise ReportError("As of: not a date (YYYY-MM-DD) or an ISO date-time.")  # never echoes the input
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 

@@ -31,7 +31,13 @@ class ReportFilterForm(forms.Form):
     environment = forms.ChoiceField(required=False, choices=[("", "All"), *Environment.choices])
     state = forms.ChoiceField(required=False, choices=[("", "All"), *RotationState.choices])
     flag = forms.ChoiceField(required=False, choices=[("", "Any"), *FlagName.choices])
-    as_of = forms.CharField(required=False, max_length=40, label="As of", help_text="YYYY-MM-DD (end of day, UTC)")
+    as_of = forms.CharField(
+        required=False,
+        max_length=40,
+        validators=[refuse_key_shaped],
+        label="As of",
+        help_text="YYYY-MM-DD (end of day, UTC)",
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -404,3 +404,15 @@ def test_the_page_pages(history, reviewer_client, monkeypatch):
     assert names == [["alpha", "beta"], ["delta", "gamma"]]
     assert "Page 2 of 2" in second.content.decode()
     assert [e.details["rows"] for e in AuditEvent.objects.filter(action="report.viewed")] == [4, 4]
+
+
+@pytest.mark.django_db
+def test_a_key_pasted_into_a_filter_is_not_shown_back(history, reviewer_client):
+    pasted = formats.generate()
+    for field in ("project", "as_of"):
+        response = reviewer_client.get(URL, {field: pasted})
+        assert response.status_code == 200 and response.context["report"] is None
+        html = response.content.decode()
+        for part in canary_parts(pasted):
+            assert part not in html, field
+    assert not AuditEvent.objects.filter(action__startswith="report.").exists()
