@@ -26,11 +26,13 @@ formula are prefixed with a quote.
 import csv
 import io
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, time
 
 from django.core.exceptions import FieldDoesNotExist
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection, transaction
 from django.db.models import Case, Count, F, IntegerField, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.utils.dateparse import parse_date, parse_datetime
@@ -279,12 +281,28 @@ def make_row(values, at):
     }
 
 
+@contextmanager
+def without_jit():
+    """PostgreSQL compiles a query this wide (a CASE per rule, a subquery per fact) with
+    its JIT, which at 50,000 keys cost more than it saved (4 s of a 6.5 s as-of query, see
+    docs/PERFORMANCE.md): turn it off for the report's own transaction only."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL jit = off")
+        yield
+
+
 def build(filters=None, now=None, as_of=None):
-    """The report at `as_of` (a past moment), or at `now`. One query."""
+    """The report at `as_of` (a past moment), or at `now`. One query (on PostgreSQL with
+    JIT off for it)."""
     filters = filters or Filters()
     now = now or datetime.now(UTC)
     at = as_of or now
-    rows = [make_row(values, at) for values in queryset(filters, at, as_of).iterator(chunk_size=5000)]
+    with without_jit():
+        rows = [make_row(values, at) for values in queryset(filters, at, as_of).iterator(chunk_size=5000)]
     totals = dict.fromkeys(RotationState.values, 0)
     flag_totals = dict.fromkeys(FlagName.values, 0)
     for row in rows:
@@ -304,14 +322,15 @@ def build_page(filters=None, now=None, as_of=None, page=1, per_page=200):
     keys, _, _ = annotated(filters, at, as_of)
     aggregates = {f"s_{state}": Count("pk", filter=Q(key_state=state)) for state in RotationState.values}
     aggregates.update({f"f_{flag}": Count("pk", filter=Q(**{flag_field(flag): True})) for flag in FlagName.values})
-    counted = keys.aggregate(**aggregates)
-    totals = {state: counted[f"s_{state}"] for state in RotationState.values}
-    flag_totals = {flag: counted[f"f_{flag}"] for flag in FlagName.values}
-    count = sum(totals.values())
-    pages = max((count + per_page - 1) // per_page, 1)
-    page = min(max(page, 1), pages)
-    start = (page - 1) * per_page
-    rows = [make_row(values, at) for values in queryset(filters, at, as_of)[start : start + per_page]]
+    with without_jit():
+        counted = keys.aggregate(**aggregates)
+        totals = {state: counted[f"s_{state}"] for state in RotationState.values}
+        flag_totals = {flag: counted[f"f_{flag}"] for flag in FlagName.values}
+        count = sum(totals.values())
+        pages = max((count + per_page - 1) // per_page, 1)
+        page = min(max(page, 1), pages)
+        start = (page - 1) * per_page
+        rows = [make_row(values, at) for values in queryset(filters, at, as_of)[start : start + per_page]]
     return Report(now, as_of, filters, rows, totals, flag_totals), count
 
 
