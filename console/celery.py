@@ -21,6 +21,9 @@ def add_periodic_tasks(sender, **kwargs):
     sender.add_periodic_task(24 * 3600, sender.signature("keys.tasks.prune_probe_results"), name="prune probe results")
     # Superseded secrets whose rotation grace is over are revoked (keys/rotation.py).
     sender.add_periodic_task(300, sender.signature("keys.tasks.end_grace_periods"), name="end rotation grace periods")
+    sender.add_periodic_task(
+        24 * 3600, sender.signature("keys.tasks.send_rotation_reminders"), name="rotation reminders"
+    )
     # Usage and costs (usage/tasks.py): the daily ingest re-reads the trailing window; the
     # hourly refresh reads today and retries organizations whose backoff has passed.
     sender.add_periodic_task(24 * 3600, sender.signature("usage.tasks.ingest_all"), name="usage ingest")

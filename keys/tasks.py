@@ -10,7 +10,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from . import probe, rotation
+from . import probe, reminders, rotation
 from . import sweep as sweeping
 from .models import ProbeResult
 
@@ -56,6 +56,13 @@ def end_grace_periods():
     counts = rotation.end_grace_periods()
     if counts:
         log.info("grace periods ended: %s", counts)
+
+
+@shared_task(name="keys.tasks.send_rotation_reminders", acks_late=True, ignore_result=True)
+def send_rotation_reminders():
+    """Beat, daily: raise the rotation reminders due now (keys/reminders.py); idempotent."""
+    created = reminders.send_reminders(timezone.now())
+    log.info("rotation reminders: %d raised", created)
 
 
 def publish(claims):
