@@ -23,6 +23,8 @@ def add_periodic_tasks(sender, **kwargs):
     # hourly refresh reads today and retries organizations whose backoff has passed.
     sender.add_periodic_task(24 * 3600, sender.signature("usage.tasks.ingest_all"), name="usage ingest")
     sender.add_periodic_task(3600, sender.signature("usage.tasks.refresh_today"), name="usage refresh today")
+    # Organization sync with the Administration API (sync/tasks.py), hourly by default.
+    sender.add_periodic_task(settings.SYNC_INTERVAL_SECONDS, sender.signature("sync.tasks.sync_all"), name="org sync")
 
 
 from . import startup  # noqa: E402,F401  connects the worker start-up check (refuse to start on bad config)

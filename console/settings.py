@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "accounts",
     "keys",
     "usage",
+    "sync",
     "sandbox",
     # Login hardening (see "Login and sessions" below).
     "django_otp",
@@ -292,6 +293,14 @@ USAGE_BACKFILL_DAYS = env.int("USAGE_BACKFILL_DAYS", default=30)
 # Largest usage or costs page read (bytes). A day of 1,000 keys × 3 models is ~1 MB of JSON;
 # probes keep their own 256 KiB cap (console.upstream.MAX_BODY_BYTES).
 USAGE_MAX_BODY_BYTES = env.int("USAGE_MAX_BODY_BYTES", default=64 * 1024 * 1024)
+
+# --- Organization sync with the Administration API (sync/sync.py)
+# Seconds between scheduled syncs of every organization with an admin key (beat).
+SYNC_INTERVAL_SECONDS = env.int("SYNC_INTERVAL_SECONDS", default=3600)
+# Pages one list may return in one sync before the organization stops with an error.
+SYNC_MAX_PAGES = env.int("SYNC_MAX_PAGES", default=1000)
+# Requests one organization's sync keeps in flight at once (projects are read in parallel).
+SYNC_CONCURRENCY = env.int("SYNC_CONCURRENCY", default=8)
 
 # --- Sandbox API (sandbox/)
 SANDBOX_PORT = env.int("SANDBOX_PORT", default=8100)
