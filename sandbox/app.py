@@ -2,13 +2,13 @@
 
 API surface (shapes as in shared/reference/openai-api.md):
     GET /v1/models, /v1/models/{model}, /v1/me      Authorization: Bearer <key>
-    GET /v1/organization/projects, /v1/organization/usage/{endpoint}, /v1/organization/costs
-                                                    admin keys only
+    /v1/organization/{projects,users,admin_api_keys,spend_alerts,audit_logs}/…  (sandbox/admin_api.py),
+    GET /v1/organization/usage/{endpoint}, /v1/organization/costs        admin keys only
     GET /openai/models?api-version=…, /openai/v1/models    api-key: <key>
 Control surface (no auth; loopback Host headers only, POSTs in JSON only; the server binds
 to loopback unless told otherwise):
-    POST /_sandbox/keys, /_sandbox/reset, /_sandbox/settings, /_sandbox/usage, /_sandbox/usage/bump;
-    GET /_sandbox/stats, /_sandbox/health
+    POST /_sandbox/keys, /_sandbox/reset, /_sandbox/settings, /_sandbox/usage, /_sandbox/usage/bump,
+    /_sandbox/admin; GET /_sandbox/admin, /_sandbox/stats, /_sandbox/health
 
 Everything is async on one event loop, so a slow or hanging key never blocks another.
 `build_app()` returns the ASGI app; `python manage.py sandbox_api` serves it with uvicorn.
@@ -27,9 +27,9 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sandbox import errors, usage
+from sandbox import admin_api, errors, usage
 from sandbox.ratelimit import WINDOW_SECONDS
-from sandbox.state import PlanError, Sandbox
+from sandbox.state import PlanError, Sandbox, digest
 
 OPENAI = "openai"
 AZURE = "azure"
@@ -311,19 +311,6 @@ async def retrieve_model(request):
     return await serve(request, OPENAI, answer_unless_admin(answer))
 
 
-def organization_projects(plan):
-    """A one-page projects list, as GET /v1/organization/projects returns it."""
-    project = {
-        "id": plan.project,
-        "object": "organization.project",
-        "name": "Default project" if plan.project == "proj_default" else plan.project,
-        "created_at": 1711471533,
-        "archived_at": None,
-        "status": "active",
-    }
-    return {"object": "list", "data": [project], "first_id": project["id"], "last_id": project["id"], "has_more": False}
-
-
 async def list_models(request):
     return await serve(request, OPENAI, answer_unless_admin(lambda call: call.json(openai_models())))
 
@@ -339,15 +326,63 @@ def answer_unless_admin(answer):
     return guarded
 
 
-async def list_organization_projects(request):
-    """Administration endpoint: admin keys only."""
+def admin_endpoint(handlers):
+    """The Administration API route serving `handlers` (method → handler in
+    sandbox/admin_api.py): admin keys only, after the key's fault plan, then any fault
+    seeded for the route (POST /_sandbox/admin "faults")."""
 
-    def answer(call):
-        if not call.plan.is_admin:
-            return call.error(403, errors.missing_admin_scope())
-        return call.json(organization_projects(call.plan))
+    async def endpoint(request):
+        handler = handlers.get(request.method)
+        if handler is None:
+            return await unknown_route(request)
+        raw_body = await request.body() if request.method == "POST" else b""
 
-    return await serve(request, OPENAI, answer)
+        def answer(call):
+            if not call.plan.is_admin:
+                return call.error(403, errors.missing_admin_scope())
+            sandbox = request.app.state.sandbox
+            secret = presented_key(request, OPENAI)
+            key_digest = digest(secret)
+            org = admin_api.organization(sandbox, call.plan, key_digest)
+            fault = admin_api.injected_fault(org, request.method, request.url.path)
+            if fault is not None:
+                return seeded_fault(call, sandbox, fault, secret)
+            status, body = admin_api.handle(
+                handler, sandbox, call.plan, key_digest, request.path_params, request.query_params, raw_body,
+                int(time.time()),
+            )  # fmt: skip
+            return call.json(body, status)
+
+        return await serve(request, OPENAI, answer)
+
+    return endpoint
+
+
+def seeded_fault(call, sandbox, fault, secret):
+    """Answer as the key's plan would for `fault.fault` (see follow_plan), with the fault's
+    retry_after / should_retry."""
+    call.plan = replace(call.plan, retry_after=fault.retry_after, should_retry=fault.should_retry)
+    kind = fault.fault
+    if kind == "revoked":
+        return call.error(401, errors.invalid_api_key(secret))
+    if kind == "auth_other":
+        return call.error(401, errors.no_organization())
+    if kind == "forbidden":
+        return call.error(403, errors.unsupported_country())
+    if kind == "quota":
+        return call.error(429, errors.insufficient_quota())
+    if kind == "throttled":
+        snapshot = sandbox.window(call.plan.project).snapshot()
+        call.snapshot = replace(
+            snapshot, remaining_requests=0, reset_requests=snapshot.reset_requests or WINDOW_SECONDS
+        )
+        return throttled(call)
+    status, body = {
+        "server_error": (500, errors.server_error()),
+        "bad_gateway": (502, errors.bad_gateway()),
+        "unavailable": (503, errors.overloaded()),
+    }[kind]
+    return server_side(call, status, body)
 
 
 def organization_usage(request, endpoint):
@@ -520,6 +555,24 @@ async def bump_usage(request):
     return JSONResponse({"day": day})
 
 
+async def admin_state(request):
+    """POST: seed or replace an organization's Administration API state (admin_api.seed);
+    GET ?organization=…: its counts and the admin calls made, per route."""
+    sandbox = request.app.state.sandbox
+    if request.method == "GET":
+        org = sandbox.admin.get(request.query_params.get("organization", ""))
+        if org is None:
+            return JSONResponse({"error": "No such organization in the sandbox."}, status_code=404)
+        return JSONResponse(admin_api.summary(org))
+    body = await read_json(request)
+    if body is None:
+        return JSONResponse({"error": "Send a JSON object."}, status_code=400)
+    try:
+        return JSONResponse(admin_api.seed(sandbox, body, int(time.time())), status_code=201)
+    except admin_api.SeedError as e:
+        return JSONResponse({"error": str(e)}, status_code=400)
+
+
 async def stats(request):
     return JSONResponse(request.app.state.sandbox.stats.as_json())
 
@@ -538,7 +591,7 @@ def build_app(latency_ms=0):
             Route("/v1/models", list_models),
             Route("/v1/models/{model}", retrieve_model),
             Route("/v1/me", get_me),
-            Route("/v1/organization/projects", list_organization_projects),
+            *[Route(path, admin_endpoint(handlers), methods=list(handlers)) for path, handlers in admin_api.ROUTES],
             Route("/v1/organization/usage/{endpoint}", get_usage),
             Route("/v1/organization/costs", get_costs),
             Route("/openai/models", azure_list_models),
@@ -548,6 +601,7 @@ def build_app(latency_ms=0):
             Route("/_sandbox/settings", control_route(update_settings), methods=["POST"]),
             Route("/_sandbox/usage", control_route(set_usage), methods=["POST"]),
             Route("/_sandbox/usage/bump", control_route(bump_usage), methods=["POST"]),
+            Route("/_sandbox/admin", control_route(admin_state), methods=["GET", "POST"]),
             Route("/_sandbox/stats", control_route(stats)),
             Route("/_sandbox/health", control_route(health)),
             Route("/{path:path}", unknown_route, methods=ALL_METHODS),

@@ -67,6 +67,23 @@ class SandboxControl:
         `factor` × its numbers (every usage endpoint and costs). Returns the day's start."""
         return self._call("POST", "/_sandbox/usage/bump", {"key": admin_secret, "day": day, "factor": factor})["day"]
 
+    def seed_admin(self, organization=None, key=None, **state):
+        """Seed (or with replace=False, add to) an organization's Administration API state:
+        users, projects (with users, service_accounts, api_keys, rate_limits,
+        spend_alerts), admin_keys, spend_alerts, audit_logs, faults, generate, redaction
+        (see docs/sandbox.md). Name the organization, or give its registered admin `key`.
+        Returns the counts."""
+        body = {**state}
+        if organization is not None:
+            body["organization"] = organization
+        if key is not None:
+            body["key"] = key
+        return self._call("POST", "/_sandbox/admin", body)
+
+    def admin_state(self, organization):
+        """An organization's counts, and `calls`: "METHOD /path" → admin requests served."""
+        return self._call("GET", "/_sandbox/admin?organization=" + organization)
+
     def reset(self):
         """Forget all keys, usage plans, rate windows and stats."""
         self._call("POST", "/_sandbox/reset")

@@ -213,12 +213,13 @@ class Sandbox:
         self.reset()
 
     def reset(self):
-        """Forget keys, usage plans, windows and stats; keep the global latency setting."""
+        """Forget keys, usage plans, admin state, windows and stats; keep the global latency setting."""
         self.keys = {}
         self.limits = {}  # project → (rpm, tpm), set by the latest registration in it
         self.windows = {}
         self.stats = Stats()
         self.usage = {}  # admin key digest → UsagePlan
+        self.admin = {}  # organization id → admin_api.Organization (the Administration API's state)
 
     def set_usage(self, secret, **fields):
         """Give a registered admin key's organization a usage plan (sandbox/usage.py),

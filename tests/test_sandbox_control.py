@@ -20,6 +20,7 @@ POST_ROUTES = {
     "/_sandbox/keys": {"key": "placeholder", "fault": "healthy"},
     "/_sandbox/reset": {},
     "/_sandbox/settings": {"latency_ms": 0},
+    "/_sandbox/admin": {"organization": "org-ControlTest01"},
 }
 
 

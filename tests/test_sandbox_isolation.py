@@ -15,7 +15,7 @@ from keys import formats
 from sandbox.errors import key_hint
 
 SANDBOX = Path(__file__).resolve().parent.parent / "sandbox"
-SERVER_MODULES = ["app.py", "state.py", "errors.py", "ratelimit.py", "usage.py"]
+SERVER_MODULES = ["app.py", "state.py", "errors.py", "ratelimit.py", "usage.py", "admin_api.py"]
 CONSOLE_PACKAGES = {"keys", "accounts", "console", "usage", "api", "django"}
 
 
