@@ -18,7 +18,7 @@ from console.admin_base import ReadOnlyAdmin
 
 from .audit import AuditedAdmin, AuditedInline
 from .forms import OrganizationForm, ProjectForm
-from .models import AuditEvent, Organization, Project, Tier
+from .models import AuditEvent, Organization, Project, ProjectRateLimit, Tier
 
 BADGE_CSS = {"all": ["keys/admin.css"]}
 
@@ -94,17 +94,41 @@ class ArchivedFilter(admin.SimpleListFilter):
 
 
 def tier_mismatch_badge(project):
-    """A warning span when the API reports other limits than the project's tier, else ""."""
+    """A warning span when the API reports other limits than the project's synced rate
+    limits (or its tier), else ""."""
     mismatch = project.tier_mismatch()
     if mismatch is None:
         return ""
     configured, observed = mismatch
     return format_html(
         '<span class="state warn" title="tier mismatch">{} says {} RPM, API reports {}</span>',
-        project.tier.name,
+        "Synced rate limit" if project.synced_rpm() is not None else project.tier.name,
         f"{configured:,}",
         f"{observed:,}",
     )
+
+
+class RateLimitInline(admin.TabularInline):
+    """The project's per-model rate limits as the organization sync last read them."""
+
+    model = ProjectRateLimit
+    fields = readonly_fields = [
+        "model",
+        "max_requests_per_1_minute",
+        "max_tokens_per_1_minute",
+        "max_requests_per_1_day",
+        "synced_at",
+    ]
+    extra = 0
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(Project)
@@ -138,6 +162,10 @@ class ProjectAdmin(AuditedAdmin):
         "observed_limits_at",
     ]
     readonly_fields = ["tier_check", "observed_rpm", "observed_tpm", "observed_limits_at"]
+    inlines = [RateLimitInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("rate_limits")  # tier_check: no N+1
 
     class Media:
         css = BADGE_CSS

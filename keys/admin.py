@@ -131,7 +131,7 @@ class ProjectAdmin(accounts_admin.ProjectAdmin):
     def get_inlines(self, request, obj):
         # A key needs a saved project (ApiKey.clean requires project_id), so key rows
         # appear once the project exists: "Save and continue editing", then add keys.
-        return [ProjectKeyInline] if obj is not None else []
+        return [ProjectKeyInline, *self.inlines] if obj is not None else []
 
     @admin.display(description="keys", ordering="n_keys")
     def key_count(self, project):
@@ -166,7 +166,8 @@ class LastProbeFilter(admin.SimpleListFilter):
         if value == "ok":
             return queryset.filter(last_probe_outcome=Outcome.OK)
         if value == "failing":
-            return queryset.filter(last_probe_outcome__in=Outcome.failures())
+            # ApiKey.is_probe_failing: a key deleted upstream is expected to fail.
+            return queryset.filter(last_probe_outcome__in=Outcome.failures(), deleted_upstream_at__isnull=True)
         if value == "rate_limited":
             return queryset.filter(last_probe_outcome=Outcome.RATE_LIMITED)
         if value == "never":

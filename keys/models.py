@@ -293,7 +293,9 @@ class ApiKey(models.Model):
         return self.revoked_at is not None
 
     def is_probe_failing(self):
-        return self.last_probe_outcome in Outcome.failures()
+        """The last probe failed, and the key still exists upstream: once the sync found
+        it deleted upstream (deleted_upstream_at), its failures are expected, not the key's."""
+        return self.deleted_upstream_at is None and self.last_probe_outcome in Outcome.failures()
 
 
 class ProbeResult(models.Model):

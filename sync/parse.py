@@ -45,11 +45,11 @@ def hint_of_redacted(redacted):
     """The console's hint (`sk-proj-…wxyz`) for a redacted value, or "" when it shows too
     little to match on."""
     redacted = text(redacted, 200).strip()
-    tail = redacted.replace("*", "").replace("…", "").replace(".", "")
-    if len(tail) < 4:
+    last4 = redacted[-4:]
+    if len(last4) < 4 or any(ch in "*….\t " for ch in last4):
         return ""
     prefix = next((p for p in PREFIXES if redacted.startswith(p)), "")
-    return f"{prefix}…{redacted[-4:]}" if redacted[-4:].isalnum() else ""
+    return f"{prefix}…{last4}"
 
 
 @dataclass(frozen=True)

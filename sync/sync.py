@@ -180,8 +180,9 @@ def failure_from_reply(what, reply):
 class Fetcher:
     """Reads one organization's lists with one pool and one admin key; counts requests."""
 
-    def __init__(self, pool, target):
+    def __init__(self, pool, target, progress=None):
         self.pool, self.target, self.requests = pool, target, 0
+        self.progress = progress or (lambda total=None, done=0: None)
         self.semaphore = asyncio.Semaphore(max(settings.SYNC_CONCURRENCY, 1))
 
     async def collect(self, what, method, **params):
@@ -216,7 +217,10 @@ class Fetcher:
         pid = up.id
         org = "admin.organization.projects"
         raw = self.raw
-        items = await self.collect(f"{pid} api keys", raw(f"{org}.api_keys"), project_id=pid)
+        # "any": the default lists only keys whose owner is still a member (orphans hidden).
+        items = await self.collect(
+            f"{pid} api keys", raw(f"{org}.api_keys"), project_id=pid, owner_project_access="any"
+        )
         snap.keys = [k for k in (parse.project_key(i, pid) for i in items) if k]
         items = await self.collect(f"{pid} service accounts", raw(f"{org}.service_accounts"), project_id=pid)
         snap.service_accounts = [m for m in map(parse.member, items) if m]
@@ -226,6 +230,7 @@ class Fetcher:
         snap.rate_limits = [r for r in map(parse.rate_limit, items) if r]
         items = await self.collect(f"{pid} spend alerts", raw(f"{org}.spend_alerts"), project_id=pid)
         snap.spend_alerts = [a for a in map(parse.spend_alert, items) if a]
+        self.progress(done=1)
         return snap
 
     @staticmethod
@@ -244,6 +249,7 @@ class Fetcher:
         snapshot = Snapshot()
         items = await self.collect("projects", self.raw("admin.organization.projects"), include_archived=True)
         projects = [p for p in map(parse.project, items) if p]
+        self.progress(total=len(projects))
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(self.project(p)) for p in projects]
@@ -274,9 +280,9 @@ def _leaves(group):
             raise e
 
 
-async def fetch_snapshot(target, events_since):
+async def fetch_snapshot(target, events_since, progress=None):
     async with upstream.Pool() as pool:
-        fetcher = Fetcher(pool, target)
+        fetcher = Fetcher(pool, target, progress)
         try:
             return await fetcher.run(events_since), fetcher.requests
         except SyncFailure as failure:
@@ -677,7 +683,7 @@ def admin_target(key):
     return target_for(key, secret), None
 
 
-def sync_organization(organization, now=None):
+def sync_organization(organization, now=None, progress=None):
     """Sync one organization and record the outcome on its SyncState. Returns a Report;
     raises SyncFailure (recorded first) when the run failed, and ValueError when the
     organization has no active admin key."""
@@ -693,7 +699,7 @@ def sync_organization(organization, now=None):
     requests = 0
     if failure is None:
         try:
-            snapshot, requests = asyncio.run(fetch_snapshot(target, since))
+            snapshot, requests = asyncio.run(fetch_snapshot(target, since, progress))
         except SyncFailure as e:
             failure, requests = e, getattr(e, "requests", 0)
         finally:
@@ -735,14 +741,14 @@ def record_failure(state, failure, now, requests=0, started=None):
     log.warning("sync of %s failed: %s", state.organization.slug, state.last_error)
 
 
-def sync_safely(organization, now=None):
+def sync_safely(organization, now=None, progress=None):
     """sync_organization, with every failure (the console's own exceptions included,
     scrubbed) recorded on the organization's state and returned in a Summary: one
     organization's trouble never stops the others."""
     now = now or timezone.now()
     summary = Summary()
     try:
-        summary.reports[organization.slug] = sync_organization(organization, now)
+        summary.reports[organization.slug] = sync_organization(organization, now, progress)
     except SyncFailure as e:
         summary.failed[organization.slug] = f"{e.outcome}: {e.message}"
     except Exception as e:  # noqa: BLE001 — one organization's trouble is its own
