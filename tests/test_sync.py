@@ -384,14 +384,13 @@ def test_an_invalid_admin_key_is_a_clear_error_and_changes_nothing(org, project,
 @pytest.mark.django_db
 def test_a_project_key_given_as_the_admin_key_is_refused_before_any_request(org, project, make_key, sandbox):
     key, secret = make_key(name="not an admin key")
-    hint = sandbox.register(secret, organization=org.openai_org_id)["hint"] if False else formats.hint(secret)
     # A row that claims to be the admin key (written past the form's format check).
     ApiKey.objects.filter(pk=key.pk).update(kind=Kind.ADMIN, project=None)
-    sandbox.register(secret, organization=org.openai_org_id)
+    hint = sandbox.register(secret, organization=org.openai_org_id)
     summary = sync.sync_safely(org)
-    assert "is not one (sk-admin-…): nothing was sent" in summary.failed["acme"]
-    assert sandbox.stats()["per_key"].get(hint, 0) == 0
+    assert sandbox.stats()["per_key"].get(hint, 0) == 0  # refused before any request
     assert sandbox.stats()["total"] == 0
+    assert "is not one (sk-admin-…): nothing was sent" in summary.failed["acme"]
     assert SyncState.objects.get(organization=org).last_outcome == "not_an_admin_key"
 
 
