@@ -255,6 +255,7 @@ class SpendAlertAdmin(ReadOnlyAdmin):
     list_display = ["organization", "project", "threshold_usd", "interval", "recipients", "published_percent"]
     list_filter = ["organization"]
     list_select_related = ["organization", "project__organization"]
+    search_fields = ["upstream_id", "recipients", "project__name"]
     ordering = ["organization__name", "project__name", "threshold_cents"]
 
     @admin.display(description="threshold (USD)", ordering="threshold_cents")
