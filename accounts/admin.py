@@ -11,14 +11,14 @@ from django.contrib import admin
 from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils.decorators import method_decorator
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.views.decorators.debug import sensitive_post_parameters
 
 from console.admin_base import ReadOnlyAdmin
 
 from .audit import AuditedAdmin, AuditedInline
 from .forms import OrganizationForm, ProjectForm
-from .models import AuditEvent, Organization, Project, ProjectRateLimit, Tier
+from .models import AuditEvent, Organization, Project, Tier
 
 BADGE_CSS = {"all": ["keys/admin.css"]}
 
@@ -108,27 +108,24 @@ def tier_mismatch_badge(project):
     )
 
 
-class RateLimitInline(admin.TabularInline):
-    """The project's per-model rate limits as the organization sync last read them."""
-
-    model = ProjectRateLimit
-    fields = readonly_fields = [
-        "model",
-        "max_requests_per_1_minute",
-        "max_tokens_per_1_minute",
-        "max_requests_per_1_day",
-        "synced_at",
-    ]
-    extra = 0
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
+def rate_limit_table(project):
+    """The project's per-model rate limits as the organization sync last read them: a small
+    read-only table (not an inline: the page's form stays what it was)."""
+    limits = list(project.rate_limits.all())
+    if not limits:
+        return "None synced: the tier's limits apply."
+    rows = format_html_join(
+        "",
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        (
+            (r.model, f"{r.max_requests_per_1_minute:,}", f"{r.max_tokens_per_1_minute:,}", f"{r.synced_at:%Y-%m-%d}")
+            for r in limits
+        ),
+    )
+    return format_html(
+        "<table><thead><tr><th>model</th><th>RPM</th><th>TPM</th><th>synced</th></tr></thead><tbody>{}</tbody></table>",
+        rows,
+    )
 
 
 @admin.register(Project)
@@ -160,9 +157,9 @@ class ProjectAdmin(AuditedAdmin):
         "observed_rpm",
         "observed_tpm",
         "observed_limits_at",
+        "synced_rate_limits",
     ]
-    readonly_fields = ["tier_check", "observed_rpm", "observed_tpm", "observed_limits_at"]
-    inlines = [RateLimitInline]
+    readonly_fields = ["tier_check", "observed_rpm", "observed_tpm", "observed_limits_at", "synced_rate_limits"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("rate_limits")  # tier_check: no N+1
@@ -181,6 +178,10 @@ class ProjectAdmin(AuditedAdmin):
     @admin.display(description="tier check")
     def tier_check(self, project):
         return tier_mismatch_badge(project)
+
+    @admin.display(description="per-model rate limits (synced)")
+    def synced_rate_limits(self, project):
+        return rate_limit_table(project) if project.pk else ""
 
 
 @admin.register(Tier)

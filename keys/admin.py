@@ -131,7 +131,7 @@ class ProjectAdmin(accounts_admin.ProjectAdmin):
     def get_inlines(self, request, obj):
         # A key needs a saved project (ApiKey.clean requires project_id), so key rows
         # appear once the project exists: "Save and continue editing", then add keys.
-        return [ProjectKeyInline, *self.inlines] if obj is not None else []
+        return [ProjectKeyInline] if obj is not None else []
 
     @admin.display(description="keys", ordering="n_keys")
     def key_count(self, project):

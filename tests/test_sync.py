@@ -294,7 +294,7 @@ def test_a_project_archived_upstream_is_archived_here_and_never_deleted(org, pro
 
 @pytest.mark.django_db
 def test_synced_rate_limits_replace_the_tier_table_for_the_probe_limiter_and_the_tier_check(
-    org, project, admin_key, sandbox, settings
+    org, project, admin_key, sandbox, settings, admin_client
 ):
     admin_key(org)
     settings.PROBE_PROJECT_RPM_SHARE = 0.5
@@ -322,6 +322,10 @@ def test_synced_rate_limits_replace_the_tier_table_for_the_probe_limiter_and_the
     assert Project.objects.get(pk=project.pk).tier_mismatch() is None  # the tier says 500, upstream says 30
     Project.objects.filter(pk=project.pk).update(observed_rpm=500)
     assert Project.objects.get(pk=project.pk).tier_mismatch() == (30, 500)
+    # Shown on the project's page, with the mismatch against the synced limit.
+    html = admin_client.get(reverse("admin:accounts_project_change", args=[project.pk])).content.decode()
+    assert "<td>gpt-4o</td><td>30</td>" in html and "<td>gpt-4o-mini</td><td>40</td>" in html
+    assert "Synced rate limit says 30 RPM, API reports 500" in html
 
 
 # --- failures --------------------------------------------------------------------------
