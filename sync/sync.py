@@ -653,6 +653,9 @@ def store_keys(organization, snapshot, projects, report, now):
 def store(organization, snapshot, now):
     report = Report()
     with transaction.atomic():
+        # One store per organization at a time (beat and "Sync now" may overlap): the
+        # second waits, then finds the first one's rows and writes only what differs.
+        SyncState.objects.select_for_update().filter(organization=organization).first()
         projects = store_projects(organization, snapshot, report, now)
         store_rate_limits(snapshot, projects, report, now)
         store_service_accounts(snapshot, projects, report)

@@ -281,6 +281,20 @@ def test_every_list_is_read_across_several_pages(org, admin_key, sandbox):
 
 
 @pytest.mark.django_db
+def test_a_list_longer_than_the_page_cap_stops_the_run_with_a_clear_error_and_changes_nothing(
+    org, admin_key, sandbox, settings
+):
+    admin_key(org)
+    sandbox.seed_admin(org.openai_org_id, generate={"projects": 103, "keys_per_project": 0, "prefix": "cap"})
+    settings.SYNC_MAX_PAGES = 1
+    summary = sync.sync_safely(org)
+    assert summary.failed["acme"].startswith("pagination_error: projects: Stopped after 1 pages")
+    assert calls(sandbox, org, "GET /v1/organization/projects") == 1
+    assert not Project.objects.filter(openai_project_id__startswith="proj_cap").exists()
+    assert SyncState.objects.get(organization=org).last_outcome == "pagination_error"
+
+
+@pytest.mark.django_db
 def test_a_project_archived_upstream_is_archived_here_and_never_deleted(org, project, admin_key, sandbox):
     admin_key(org)
     sandbox.seed_admin(org.openai_org_id, projects=[{"id": "proj_Chatbot12345", "name": "Chatbot"}])
