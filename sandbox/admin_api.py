@@ -227,8 +227,9 @@ class Fault:
 class Organization:
     """Everything the Administration API shows for one organization."""
 
-    def __init__(self, org_id, redaction="hint"):
+    def __init__(self, org_id, last_used, redaction="hint"):
         self.id = org_id
+        self.last_used = last_used  # the sandbox's: key digest → latest successful request
         self.redaction = redaction
         self.counter = 0
         self.projects = Collection()
@@ -255,6 +256,12 @@ class Organization:
         secret_digest = self.secrets.pop(key_id, None)
         self.admin_digests.pop(secret_digest, None)
         return secret_digest
+
+    def used_at(self, key):
+        """A key's last_used_at: as seeded, or later if its linked secret has been used since."""
+        used = self.last_used.get(self.secrets.get(key["id"]))
+        seeded = key["last_used_at"]
+        return seeded if used is None or (seeded is not None and seeded > used) else used
 
     def owner_id(self):
         """The organization's first owner (who the sandbox says makes admin keys)."""
@@ -285,6 +292,13 @@ class Organization:
                                          "max_tokens_per_1_minute": tpm, **extra})  # fmt: skip
         return project.rate_limits
 
+    def owner_has_access(self, project, key):
+        """owner_project_access: a user owner still in the organization and the project, or
+        a service account still in the project."""
+        if key["owner_type"] == "user":
+            return key["owner_id"] in project.users and key["owner_id"] in self.users
+        return key["owner_id"] in project.service_accounts
+
     # --- rendering ---
     def key_body(self, project, key):
         owner = {"type": key["owner_type"]}
@@ -298,7 +312,6 @@ class Organization:
                 "created_at": user["added_at"],
                 "role": membership["role"] if membership else "member",
             }
-            access = "active" if membership is not None and key["owner_id"] in self.users else "inactive"
         else:
             account = project.service_accounts.get(key["owner_id"])
             owner["service_account"] = {
@@ -307,16 +320,15 @@ class Organization:
                 "created_at": account["created_at"] if account else DEFAULT_CREATED_AT,
                 "role": account["role"] if account else "member",
             }
-            access = "active" if account else "inactive"
         return {
             "object": "organization.project.api_key",
             "id": key["id"],
             "name": key["name"],
             "redacted_value": key["redacted_value"],
             "created_at": key["created_at"],
-            "last_used_at": key["last_used_at"],
+            "last_used_at": self.used_at(key),
             "owner": owner,
-            "owner_project_access": access,
+            "owner_project_access": "active" if self.owner_has_access(project, key) else "inactive",
         }
 
     def admin_key_body(self, key):
@@ -327,7 +339,7 @@ class Organization:
             "name": key["name"],
             "redacted_value": key["redacted_value"],
             "created_at": key["created_at"],
-            "last_used_at": key["last_used_at"],
+            "last_used_at": self.used_at(key),
             "expires_at": key.get("expires_at"),
             "owner": {
                 "type": "user",
@@ -554,14 +566,10 @@ def list_project_keys(ctx):
     if access not in (None, "active", "inactive", "any"):
         raise bad_request("Invalid 'owner_project_access': expected active, inactive or any.", "owner_project_access")
     org = ctx.org
-
-    def owner_access(key):
-        if key["owner_type"] == "user":
-            return key["owner_id"] in project.users and key["owner_id"] in org.users
-        return key["owner_id"] in project.service_accounts
-
-    want = {None: True, "active": True, "inactive": False}.get(access)
-    keys, more = ctx.page(project.api_keys, accept=None if access == "any" else lambda k: owner_access(k) is want)
+    want = access != "inactive"  # no filter: the keys whose owner has access, as upstream by default
+    keys, more = ctx.page(
+        project.api_keys, accept=None if access == "any" else lambda k: org.owner_has_access(project, k) is want
+    )
     return list_body([org.key_body(project, key) for key in keys], more)
 
 
@@ -667,6 +675,15 @@ def retrieve_project_user(ctx):
     if ctx.params["user_id"] not in project.users:
         raise not_found("user", ctx.params["user_id"])
     return ctx.org.project_user_body(project, ctx.params["user_id"])
+
+
+def delete_project_user(ctx):
+    """Remove a member: the keys they own in the project stay, with owner_project_access
+    "inactive" (hidden from the default key list), as when someone leaves a project."""
+    project = active_project(ctx)
+    if project.users.remove(ctx.params["user_id"]) is None:
+        raise not_found("user", ctx.params["user_id"])
+    return {"object": "organization.project.user.deleted", "id": ctx.params["user_id"], "deleted": True}
 
 
 def list_users(ctx):
@@ -913,7 +930,7 @@ ROUTES = [
     (P + "/service_accounts", {"GET": list_service_accounts, "POST": create_service_account}),
     (P + "/service_accounts/{service_account_id}", {"GET": retrieve_service_account, "DELETE": delete_service_account}),
     (P + "/users", {"GET": list_project_users}),
-    (P + "/users/{user_id}", {"GET": retrieve_project_user}),
+    (P + "/users/{user_id}", {"GET": retrieve_project_user, "DELETE": delete_project_user}),
     (P + "/rate_limits", {"GET": list_rate_limits}),
     (P + "/rate_limits/{rate_limit_id}", {"POST": update_rate_limit}),
     (P + "/spend_alerts", {"GET": list_spend_alerts, "POST": create_spend_alert}),
@@ -934,7 +951,7 @@ def organization(sandbox, plan, key_digest):
     org_id = plan.organization_header()
     org = sandbox.admin.get(org_id)
     if org is None:
-        org = sandbox.admin[org_id] = Organization(org_id)
+        org = sandbox.admin[org_id] = Organization(org_id, sandbox.last_used)
         owner = {"id": "user-" + org_id[-24:], "name": "Sandbox Owner", "role": "owner"}
         owner.update(email=f"{owner['id']}@sandbox.invalid", added_at=DEFAULT_CREATED_AT)
         org.users.put(owner["id"], owner)
@@ -1035,7 +1052,7 @@ def seed(sandbox, body, now):
     if body.get("replace", True) is not False or old is None:
         # A fresh state, ids counted from the start again (the replaced state's secrets stay
         # registered with the sandbox, no longer linked to anything here).
-        org = Organization(org_id, redaction)
+        org = Organization(org_id, sandbox.last_used, redaction)
     else:
         org = old
         org.redaction = redaction

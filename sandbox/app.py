@@ -223,7 +223,10 @@ async def serve(request, surface, answer):
             return call.error(404, None)
         if plan is None:
             return call.error(401, errors.invalid_api_key(secret) if secret else errors.missing_key())
-        return await follow_plan(request, call, sandbox, answer)
+        response = await follow_plan(request, call, sandbox, answer)
+        if response.status_code < 400:  # the Administration API's last_used_at
+            sandbox.last_used[digest(secret)] = int(time.time())
+        return response
 
 
 async def follow_plan(request, call, sandbox, answer):

@@ -220,6 +220,7 @@ class Sandbox:
         self.stats = Stats()
         self.usage = {}  # admin key digest → UsagePlan
         self.admin = {}  # organization id → admin_api.Organization (the Administration API's state)
+        self.last_used = {}  # key digest → unix seconds of its latest successful request
 
     def set_usage(self, secret, **fields):
         """Give a registered admin key's organization a usage plan (sandbox/usage.py),

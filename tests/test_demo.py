@@ -139,6 +139,33 @@ def test_the_demo_admin_key_reads_usage_for_the_demo_keys_and_unregistered_ids(s
 
 
 @pytest.mark.django_db
+def test_the_demo_organizations_upstream_state_drifts_from_the_inventory(sandbox):
+    load_demo(sandbox.root)
+    admin = demo_key("org-admin")
+    client = openai.OpenAI(admin_api_key=admin.reveal_secret(), base_url=sandbox.openai_url, max_retries=0)
+    upstream = client.admin.organization.projects
+
+    projects = {p.id: p.status for p in upstream.list(include_archived=True)}
+    local = set(Project.objects.filter(organization__slug="demo").values_list("openai_project_id", flat=True))
+    assert set(projects) - local == {"proj_DemoUnregistered01"} and projects["proj_DemoUnregistered01"] == "archived"
+    assert "proj_DemoUnregistered01" not in {p.id for p in upstream.list()}
+    keys = {k.id: k for pid in local for k in upstream.api_keys.list(pid, owner_project_access="any")}
+    registered = {
+        k.upstream_key_id: k
+        for k in ApiKey.objects.filter(organization__slug="demo", provider=Provider.OPENAI).exclude(kind=Kind.ADMIN)
+    }
+    assert set(keys) - set(registered) == {"key_DemoUnmanaged0001"}  # unmanaged upstream
+    gone = {registered[key_id].name for key_id in set(registered) - set(keys)}
+    assert gone == {"support-laptop", "checkout-2024"}  # deleted upstream; revoked in the console too
+    assert {k.id for k in keys.values() if k.owner_project_access == "inactive"} == {"key_DemoCheckoutBatch1"}
+    for key_id, key in registered.items():
+        if key_id in keys:
+            assert keys[key_id].redacted_value == key.hint
+    assert keys["key_DemoCheckoutWorker"].owner.type == "service_account"
+    assert [k.id for k in client.admin.organization.admin_api_keys.list()] == ["key_DemoOrgAdmin00001"]
+
+
+@pytest.mark.django_db
 def test_it_registers_the_keys_again_after_the_sandbox_forgot_them(sandbox):
     load_demo(sandbox.root)
     SandboxControl(sandbox.root).reset()

@@ -3,6 +3,8 @@ subprocess), driven through the official SDK (`client.admin.organization.*`): ev
 checked against OpenAI's published spec, paging, refusals, secrets that live and die with
 their owners upstream, the audit log, seeded state and faults."""
 
+import time
+
 import httpx2
 import openai
 import pytest
@@ -161,7 +163,11 @@ def test_a_seeded_user_key_is_listed_and_deleted_with_the_spec_shapes(sandbox, s
         },
     }
     assert key["redacted_value"] == formats.hint(secret) and key["owner_project_access"] == "active"
+    assert key["last_used_at"] is None
+    before = int(time.time())
     assert models_status(sandbox, secret) == 200
+    used = sdk.projects.api_keys.retrieve("key_user0001", project_id="proj_main").last_used_at
+    assert before <= used <= int(time.time())  # a successful request is a use
     deleted = checked(
         openai_spec, sdk.projects.api_keys.with_raw_response.delete("key_user0001", project_id="proj_main")
     )
@@ -240,6 +246,7 @@ ADMIN_ROUTES = [
     ("GET", "/organization/projects/proj_main/service_accounts/svc_acct_x"),
     ("DELETE", "/organization/projects/proj_main/service_accounts/svc_acct_x"),
     ("GET", "/organization/projects/proj_main/users"),
+    ("DELETE", "/organization/projects/proj_main/users/user_owner"),
     ("GET", "/organization/projects/proj_main/rate_limits"),
     ("POST", "/organization/projects/proj_main/rate_limits/rl-gpt-4o"),
     ("GET", "/organization/projects/proj_main/spend_alerts"),
@@ -341,6 +348,9 @@ def test_bad_bodies_are_400_and_change_nothing(sandbox, sdk, admin, openai_spec)
         HTTP.get(url + "/projects", params={"include_archived": "maybe"}, headers=bearer(admin)),
         HTTP.get(url + "/projects", params={"after": "proj_never"}, headers=bearer(admin)),
         HTTP.get(url + "/audit_logs", params={"event_types[]": "key.exploded"}, headers=bearer(admin)),
+        HTTP.get(url + "/audit_logs", params={"effective_at[gte]": "yesterday"}, headers=bearer(admin)),
+        HTTP.get(url + "/admin_api_keys", params={"order": "sideways"}, headers=bearer(admin)),
+        HTTP.get(url + "/projects/proj_main/api_keys", params={"owner_project_access": "some"}, headers=bearer(admin)),
     ]
     for response in refusals:
         assert response.status_code == 400, response.text
@@ -463,6 +473,28 @@ def test_a_key_whose_owner_left_the_project_is_inactive_and_hidden_by_default(sa
     assert everything == {"key_stays": "active", "key_orphan": "inactive"}
     assert [k.id for k in sdk.projects.api_keys.list("proj_main", owner_project_access="inactive")] == ["key_orphan"]
     assert sdk.projects.api_keys.retrieve("key_orphan", project_id="proj_main").last_used_at == 1700000000
+
+
+def test_removing_a_member_makes_their_keys_inactive(sandbox, sdk, openai_spec):
+    sandbox.seed_admin(
+        ORG,
+        replace=False,
+        projects=[
+            {
+                "id": "proj_main",
+                "users": [{"id": "user_owner", "role": "owner"}, {"id": "user_dev"}],
+                "api_keys": [{"id": "key_dev", "owner": {"user": "user_dev"}}],
+            }
+        ],
+    )
+    assert sdk.projects.api_keys.retrieve("key_dev", project_id="proj_main").owner_project_access == "active"
+    removed = checked(openai_spec, sdk.projects.users.with_raw_response.delete("user_dev", project_id="proj_main"))
+    assert removed == {"object": "organization.project.user.deleted", "id": "user_dev", "deleted": True}
+    assert [u.id for u in sdk.projects.users.list("proj_main")] == ["user_owner"]
+    assert sdk.projects.api_keys.retrieve("key_dev", project_id="proj_main").owner_project_access == "inactive"
+    assert [k.id for k in sdk.projects.api_keys.list("proj_main")] == []
+    with pytest.raises(openai.NotFoundError):
+        sdk.projects.users.delete("user_dev", project_id="proj_main")
 
 
 def test_users_filter_by_email(sandbox, sdk):

@@ -4,9 +4,11 @@ Creates (once) the organization “Demo Org” with four projects across environ
 tiers and twelve keys of every kind, with secrets generated at run time, some overdue
 for rotation, one revoked. Every run then registers each live demo key with the sandbox
 API under its fault plan (healthy, revoked upstream, out of quota, throttled, flaky,
-slow), and gives the admin key a usage plan (synthetic Usage and Costs API data for the
-demo keys' `key_…` ids, plus one key and one project the console does not know): the
-sandbox keeps keys and plans in memory, so a restarted sandbox needs them again. The
+slow), gives the admin key a usage plan (synthetic Usage and Costs API data for the
+demo keys' `key_…` ids, plus one key and one project the console does not know), and
+seeds the organization's Administration API state, drifted from the inventory (see
+DEMO_USERS below): the sandbox keeps keys, plans and state in memory, so a restarted
+sandbox needs them again. The
 secrets for that come from the database (ApiKey.reveal_secret), so they are never
 printed, passed on a command line or written anywhere but the encrypted column.
 
@@ -179,6 +181,22 @@ UNREGISTERED_KEY_ID = "key_DemoUnregistered01"
 UNREGISTERED_PROJECT_ID = "proj_DemoUnregistered01"
 USAGE_SEED = "demo"
 
+# What the Administration API shows for the demo organization (sandbox/admin_api.py), drifted
+# from the console's inventory: a key nobody registered (UNMANAGED_KEY_ID in a known project),
+# a registered key deleted upstream (DELETED_UPSTREAM, whose secret the sandbox also refuses),
+# a key whose owner left its project (OWNER_LEFT: owner_project_access "inactive") and an
+# archived project (UNREGISTERED_PROJECT_ID, holding the unregistered usage key).
+DEMO_OWNER = "user_DemoOwner000001"
+DEMO_LEAVER = "user_DemoLeaver00001"
+DEMO_USERS = [
+    {"id": DEMO_OWNER, "name": "Demo Owner", "email": "owner@example.com", "role": "owner"},
+    {"id": DEMO_LEAVER, "name": "Former Member", "email": "former@example.com", "role": "reader"},
+]
+UNMANAGED_KEY_ID = "key_DemoUnmanaged0001"
+UNMANAGED_PROJECT_ID = "proj_DemoResearch0001"
+DELETED_UPSTREAM = "support-laptop"
+OWNER_LEFT = "checkout-batch"
+
 
 def sandbox_root(base_url):
     """The sandbox's root URL from an OpenAI base URL: http://host:8100/v1 → http://host:8100."""
@@ -319,6 +337,7 @@ class Command(GuardedCommand):
                 raise CommandError(f"The sandbox refused demo key “{key.name}”: {upstream.scrub(e, secret)}") from None
             registered += 1
         self.register_usage(control, org, keys)
+        self.register_upstream_state(control, org, keys)
         return registered
 
     def register_usage(self, control, org, keys):
@@ -344,6 +363,56 @@ class Command(GuardedCommand):
             control.set_usage(secret, keys=usage_keys, models=USAGE_MODELS, seed=USAGE_SEED)
         except Exception as e:
             raise CommandError(f"The sandbox refused the demo usage plan: {upstream.scrub(e, secret)}") from None
+
+    def register_upstream_state(self, control, org, keys):
+        """Give the organization an Administration API state (sandbox/admin_api.py) that
+        differs from the console's inventory as a real one drifts: UPSTREAM_DRIFT."""
+        live = [
+            (spec, key)
+            for spec in KEYS
+            if spec.fault is not None and spec.kind != Kind.ADMIN and spec.name != DELETED_UPSTREAM
+            for key in [keys.get(spec.name)]
+            if key is not None and not key.is_revoked() and key.provider == Provider.OPENAI and key.upstream_key_id
+        ]
+        secrets = [key.reveal_secret() for _, key in live]
+        projects = {
+            spec.openai_project_id: {"id": spec.openai_project_id, "name": spec.name, "users": [{"id": DEMO_OWNER}]}
+            for spec in PROJECTS
+        }
+        for (spec, key), secret in zip(live, secrets, strict=True):
+            project = projects[key.project.openai_project_id]
+            upstream_key = {"id": key.upstream_key_id, "name": spec.name, "key": secret}
+            if spec.kind == Kind.SERVICE_ACCOUNT:
+                account = "svc_acct_" + key.upstream_key_id.removeprefix("key_")
+                project.setdefault("service_accounts", []).append({"id": account, "name": spec.owner})
+                upstream_key["owner"] = {"service_account": account}
+            else:
+                upstream_key["owner"] = {"user": DEMO_LEAVER if spec.name == OWNER_LEFT else DEMO_OWNER}
+            project.setdefault("api_keys", []).append(upstream_key)
+        projects[UNMANAGED_PROJECT_ID]["api_keys"].append(
+            {"id": UNMANAGED_KEY_ID, "name": "notebook-2023", "owner": {"user": DEMO_OWNER}}
+        )
+        projects[UNREGISTERED_PROJECT_ID] = {
+            "id": UNREGISTERED_PROJECT_ID,
+            "name": "Old experiments",
+            "archived": True,
+            "users": [{"id": DEMO_OWNER}],
+            "api_keys": [{"id": UNREGISTERED_KEY_ID, "name": "experiments", "owner": {"user": DEMO_OWNER}}],
+        }
+        admin = keys.get("org-admin")
+        admin_keys = []
+        if admin is not None and not admin.is_revoked():
+            secrets.append(admin.reveal_secret())
+            admin_keys.append({"id": "key_DemoOrgAdmin00001", "name": "org-admin", "key": secrets[-1]})
+        try:
+            control.seed_admin(
+                org.openai_org_id,
+                users=DEMO_USERS,
+                projects=list(projects.values()),
+                admin_keys=admin_keys,
+            )
+        except Exception as e:
+            raise CommandError(f"The sandbox refused the demo's upstream state: {upstream.scrub(e)}") from None
 
     def registration_options(self, org, key, spec):
         """Everything the sandbox needs besides the secret and the fault plan."""
