@@ -516,7 +516,10 @@ def hint_candidates(keys):
     return out
 
 
-def store_keys(organization, snapshot, projects, report, now):
+def store_keys(organization, snapshot, projects, report, now, own_key=None):
+    """`own_key`: the admin key this sync runs with. Its last use moves with every sync
+    (the sync's own requests): that is written, but not counted as a change."""
+    quiet = set()
     counts = report.sections["keys"]
     local = list(
         ApiKey.objects.filter(organization=organization).only(
@@ -577,6 +580,8 @@ def store_keys(organization, snapshot, projects, report, now):
             change["owner_left_at"] = None
         if change:
             key_changes[key.pk] = (key, change)
+            if key.pk == own_key and set(change) == {"last_used_at"}:
+                quiet.add(up.id)  # this sync's own requests: written, not counted
 
     # Deleted upstream: registered keys whose id the (complete) list no longer has.
     present = {up.id for up, _, _ in upstream_keys}
@@ -602,7 +607,7 @@ def store_keys(organization, snapshot, projects, report, now):
     # The upstream inventory, as UpstreamKey rows.
     existing = {r.upstream_id: r for r in UpstreamKey.objects.filter(organization=organization)}
     new, changed, names = [], [], set()
-    changed_keys = {key.upstream_key_id for key, _ in key_changes.values()}
+    changed_keys = {key.upstream_key_id for key, _ in key_changes.values()} - quiet
     for up, project, has_access in upstream_keys:
         values = {
             "project_id": project.pk if project else None,
@@ -629,6 +634,9 @@ def store_keys(organization, snapshot, projects, report, now):
         names.update(diff)
         if diff:
             changed.append(row)
+            if up.id in quiet or (set(diff) == {"last_used_at"} and row.key_id == own_key):
+                quiet.add(up.id)
+                counts.unchanged += 1
         elif up.id in changed_keys:
             counts.updated += 1  # only the registered key changed
         else:
@@ -642,7 +650,7 @@ def store_keys(organization, snapshot, projects, report, now):
     if changed or gone:
         UpstreamKey.objects.bulk_update(changed + gone, sorted(names), batch_size=1000)
     counts.created += len(new)
-    counts.updated += len(changed) + len(gone)
+    counts.updated += len([r for r in changed if r.upstream_id not in quiet]) + len(gone)
 
     report.unmanaged = UpstreamKey.objects.filter(organization=organization).unmanaged().count()
     flagged = ApiKey.objects.filter(organization=organization)
@@ -650,7 +658,7 @@ def store_keys(organization, snapshot, projects, report, now):
     report.orphaned = flagged.filter(owner_left_at__isnull=False).count()
 
 
-def store(organization, snapshot, now):
+def store(organization, snapshot, now, own_key=None):
     report = Report()
     with transaction.atomic():
         # One store per organization at a time (beat and "Sync now" may overlap): the
@@ -660,7 +668,7 @@ def store(organization, snapshot, now):
         store_rate_limits(snapshot, projects, report, now)
         store_service_accounts(snapshot, projects, report)
         store_spend_alerts(organization, snapshot, projects, report, now)
-        store_keys(organization, snapshot, projects, report, now)
+        store_keys(organization, snapshot, projects, report, now, own_key)
     return report
 
 
@@ -710,7 +718,7 @@ def sync_organization(organization, now=None, progress=None):
     if failure is not None:
         record_failure(state, failure, now, requests, started)
         raise failure
-    report = store(organization, snapshot, now)
+    report = store(organization, snapshot, now, own_key=key.pk)
     report.requests = requests
     newest = max((e.effective_at for e in snapshot.events), default=None)
     if newest and (state.audit_log_read_until is None or newest > state.audit_log_read_until):

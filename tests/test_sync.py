@@ -669,3 +669,26 @@ def test_a_key_deleted_upstream_no_longer_counts_as_failing(org, world):
     assert not reload(deleted).is_probe_failing()
     ApiKey.objects.filter(pk=world["by_hint"].pk).update(last_probe_outcome="invalid_key")
     assert reload(world["by_hint"]).is_probe_failing()
+
+
+# --- the demo ---------------------------------------------------------------------------
+@pytest.mark.django_db
+def test_the_demo_organizations_drift_shows_in_every_category_and_a_second_sync_changes_nothing(sandbox):
+    from tests.test_demo import demo_key, load_demo
+
+    load_demo(sandbox.root)
+    demo = Organization.objects.get(slug="demo")
+    report = sync.sync_organization(demo)
+
+    unmanaged = set(UpstreamKey.objects.unmanaged().values_list("upstream_id", flat=True))
+    # The unmanaged key, and the usage-only key of the archived project nobody registered.
+    assert unmanaged == {"key_DemoUnmanaged0001", "key_DemoUnregistered01"}
+    flagged = set(ApiKey.objects.filter(deleted_upstream_at__isnull=False).values_list("name", flat=True))
+    assert flagged == {"support-laptop", "checkout-2024"}
+    assert demo_key("checkout-batch").owner_left_at is not None
+    assert report.orphaned == 1
+    archived = Project.objects.get(openai_project_id="proj_DemoUnregistered01")
+    assert archived.organization == demo and archived.archived_at is not None
+
+    again = sync.sync_organization(demo)
+    assert not again.has_changes(), again.sections
