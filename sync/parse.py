@@ -10,6 +10,8 @@ number where a string was expected is read as text, a bad timestamp as None.
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from console import upstream
+
 # The API's redacted value ("sk-proj-abc…wxyz", "sk-admin-****wxyz") keeps a key's
 # prefix and last characters; the console's hint is the prefix and the last four.
 PREFIXES = ("sk-admin-", "sk-svcacct-", "sk-proj-", "sk-")
@@ -19,6 +21,12 @@ def text(value, length=200):
     if value is None or isinstance(value, dict | list):
         return ""
     return str(value)[:length]
+
+
+def label(value, length=200):
+    """A name, email or other free text from upstream, with anything key-shaped removed
+    (someone may have named a key with its secret): what the console stores and shows."""
+    return upstream.scrub(text(value, length))[:length]
 
 
 def timestamp(value):
@@ -71,7 +79,7 @@ def project(data):
         return None
     return UpProject(
         id=text(data["id"], 100),
-        name=text(data.get("name")) or text(data["id"], 100),
+        name=label(data.get("name")) or text(data["id"], 100),
         created_at=timestamp(data.get("created_at")),
         archived_at=timestamp(data.get("archived_at")),
         status=text(data.get("status"), 20),
@@ -106,13 +114,13 @@ def project_key(data, project_id):
         id=text(data["id"], 100),
         project_id=project_id,
         kind="service_account" if owner_type == "service_account" else "project",
-        name=text(data.get("name")),
+        name=label(data.get("name")),
         hint=hint_of_redacted(data.get("redacted_value")),
         created_at=timestamp(data.get("created_at")),
         last_used_at=timestamp(data.get("last_used_at")),
         owner_type=owner_type,
         owner_id=text(who.get("id"), 100),
-        owner_label=text(who.get("email") or who.get("name") or who.get("id")),
+        owner_label=label(who.get("email") or who.get("name") or who.get("id")),
         owner_active=text(data.get("owner_project_access"), 20) != "inactive",
     )
 
@@ -126,13 +134,13 @@ def admin_key(data):
         id=text(data["id"], 100),
         project_id="",
         kind="admin",
-        name=text(data.get("name")),
+        name=label(data.get("name")),
         hint=hint_of_redacted(data.get("redacted_value")),
         created_at=timestamp(data.get("created_at")),
         last_used_at=timestamp(data.get("last_used_at")),
         owner_type=text(owner.get("type"), 20),
         owner_id=text(owner.get("id"), 100),
-        owner_label=text(owner.get("name") or owner.get("id")),
+        owner_label=label(owner.get("name") or owner.get("id")),
         owner_active=True,
     )
 
@@ -152,7 +160,7 @@ def member(data):
         return None
     return UpMember(
         id=text(data["id"], 100),
-        name=text(data.get("email") or data.get("name")),
+        name=label(data.get("email") or data.get("name")),
         role=text(data.get("role"), 20),
         created_at=timestamp(data.get("created_at") or data.get("added_at")),
     )
@@ -207,7 +215,7 @@ def spend_alert(data):
         threshold_cents=cents,
         currency=text(data.get("currency"), 10) or "USD",
         interval=text(data.get("interval"), 20) or "month",
-        recipients=",".join(text(r, 254) for r in recipients if text(r)),
+        recipients=",".join(label(r, 254) for r in recipients if text(r)),
     )
 
 
@@ -247,7 +255,7 @@ def event(data):
         id=text(data["id"], 100),
         type=kind,
         effective_at=at,
-        actor_label=actor_label(data.get("actor")),
+        actor_label=label(actor_label(data.get("actor")), 150),
         project_id=text(obj(data.get("project")).get("id"), 100),
         object_id=text(obj(data.get(kind)).get("id"), 100),
     )

@@ -53,6 +53,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.audit import audit_value
 from accounts.models import AuditEvent, Organization, Project, ProjectRateLimit, project_id_validator
 from console import upstream
 from console.upstream import Outcome, PaginationError
@@ -73,6 +74,9 @@ AUDIT_LOG_FIRST_DAYS = 30  # how far back the first sync reads the audit log
 AUDIT_EVENT_TYPES = ("api_key.", "service_account.", "project.")
 RETRY_BASE_SECONDS = 15 * 60
 RETRY_MAX_SECONDS = 12 * 3600
+# What the sync changes on a registered key that the audit log records (last use is
+# activity, recorded on the key only, as usage ingestion does).
+AUDITED_KEY_FIELDS = ("upstream_key_id", "issued_at", "owner_left_at", "deleted_upstream_at")
 SECTIONS = ("projects", "rate_limits", "service_accounts", "keys", "spend_alerts", "audit_events")
 ACTOR = "sync"
 
@@ -524,6 +528,7 @@ def store_keys(organization, snapshot, projects, report, now, own_key=None):
     local = list(
         ApiKey.objects.filter(organization=organization).only(
             "pk",
+            "name",
             "project_id",
             "kind",
             "hint",
@@ -595,14 +600,22 @@ def store_keys(organization, snapshot, projects, report, now, own_key=None):
         events.append(key_event(key, KeyAction.DELETED_UPSTREAM, at, actor, "gone from the Administration API"))
         report.newly_deleted_upstream += 1
 
-    by_fields = {}
+    by_fields, audits = {}, []
     for key, change in key_changes.values():
+        audited = {
+            name: [audit_value(getattr(key, name)), audit_value(value)]
+            for name, value in change.items()
+            if name in AUDITED_KEY_FIELDS
+        }
         for name, value in change.items():
             setattr(key, name, value)
         by_fields.setdefault(tuple(sorted(change)), []).append(key)
+        if audited:
+            audits.append(AuditEvent.build(ACTOR, "key.updated", key, changes=audited, source="upstream"))
     for names, keys in by_fields.items():
         ApiKey.objects.bulk_update(keys, list(names), batch_size=1000)
     KeyEvent.objects.bulk_create(events, batch_size=1000)
+    AuditEvent.record_many(audits)
 
     # The upstream inventory, as UpstreamKey rows.
     existing = {r.upstream_id: r for r in UpstreamKey.objects.filter(organization=organization)}
