@@ -58,6 +58,7 @@ from accounts.models import AuditEvent, Organization, Project, ProjectRateLimit,
 from console import upstream
 from console.upstream import Outcome, PaginationError
 from keys import crypto, formats
+from keys.circuit import Breakers
 from keys.models import ApiKey, KeyAction, KeyEvent, Kind
 from keys.probe import target_for
 from usage.ingest import admin_key_of, organizations_with_admin_keys
@@ -79,6 +80,10 @@ RETRY_MAX_SECONDS = 12 * 3600
 AUDITED_KEY_FIELDS = ("upstream_key_id", "issued_at", "owner_left_at", "deleted_upstream_at")
 SECTIONS = ("projects", "rate_limits", "service_accounts", "keys", "spend_alerts", "audit_events")
 ACTOR = "sync"
+
+
+class CircuitOpen(Exception):
+    """The API host's circuit is open: nothing is sent (keys/circuit.py)."""
 
 
 class SyncFailure(Exception):
@@ -184,8 +189,8 @@ def failure_from_reply(what, reply):
 class Fetcher:
     """Reads one organization's lists with one pool and one admin key; counts requests."""
 
-    def __init__(self, pool, target, progress=None):
-        self.pool, self.target, self.requests = pool, target, 0
+    def __init__(self, pool, target, progress=None, breaker=None):
+        self.pool, self.target, self.requests, self.breaker = pool, target, 0, breaker
         self.progress = progress or (lambda total=None, done=0: None)
         self.semaphore = asyncio.Semaphore(max(settings.SYNC_CONCURRENCY, 1))
 
@@ -194,6 +199,8 @@ class Fetcher:
         method (given the client), called with `params` and the cursor as `after`."""
 
         def fetch(client, headers, cursor):
+            if self.breaker is not None and not self.breaker.allow():
+                raise CircuitOpen(self.breaker.host)
             self.requests += 1
             extra = {"after": cursor} if cursor else {}
             return method(client)(**params, **extra, limit=LIST_LIMIT, extra_headers=headers)
@@ -209,11 +216,15 @@ class Fetcher:
         try:
             async with self.semaphore, aclosing(walk) as replies:
                 async for reply in replies:
+                    if self.breaker is not None:
+                        self.breaker.record(reply.outcome, timezone.now())
                     if reply.outcome != Outcome.OK or not upstream.is_list(reply.body):
                         raise failure_from_reply(what, reply)
                     items.extend(reply.body["data"])
         except PaginationError as e:
             raise SyncFailure("pagination_error", upstream.scrub(f"{what}: {e}")) from None
+        except CircuitOpen as e:
+            raise SyncFailure(Outcome.SKIPPED_CIRCUIT_OPEN, f"{what}: the circuit for {e} is open.") from None
         return items
 
     async def project(self, up):
@@ -284,9 +295,9 @@ def _leaves(group):
             raise e
 
 
-async def fetch_snapshot(target, events_since, progress=None):
+async def fetch_snapshot(target, events_since, progress=None, breaker=None):
     async with upstream.Pool() as pool:
-        fetcher = Fetcher(pool, target, progress)
+        fetcher = Fetcher(pool, target, progress, breaker)
         try:
             return await fetcher.run(events_since), fetcher.requests
         except SyncFailure as failure:
@@ -720,16 +731,24 @@ def sync_organization(organization, now=None, progress=None):
     started = time.monotonic()
     since = state.audit_log_read_until or now - timedelta(days=AUDIT_LOG_FIRST_DAYS)
     target, failure = admin_target(key)
-    requests = 0
+    requests, open_until = 0, None
     if failure is None:
+        # The API host's circuit (shared with the probes): nothing is sent while it is
+        # open, and what this run saw of the host goes back to it.
+        host = upstream.host_of(key.provider, key.base_url, key.azure_endpoint)
+        breakers = Breakers.load({host}, now=now)
         try:
-            snapshot, requests = asyncio.run(fetch_snapshot(target, since, progress))
+            snapshot, requests = asyncio.run(fetch_snapshot(target, since, progress, breakers[host]))
         except SyncFailure as e:
             failure, requests = e, getattr(e, "requests", 0)
         finally:
             del target
+            breakers.save(now=timezone.now())
+        open_until = breakers[host].open_until
     if failure is not None:
         record_failure(state, failure, now, requests, started)
+        if failure.outcome == Outcome.SKIPPED_CIRCUIT_OPEN and open_until:
+            SyncState.objects.filter(pk=state.pk, next_attempt_at__lt=open_until).update(next_attempt_at=open_until)
         raise failure
     report = store(organization, snapshot, now, own_key=key.pk)
     report.requests = requests

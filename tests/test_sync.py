@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from accounts.models import AuditEvent, Organization, Project, ProjectRateLimit, Tier
 from keys import formats
-from keys.models import ApiKey, KeyAction, KeyEvent, Kind
+from keys.models import ApiKey, Circuit, CircuitState, KeyAction, KeyEvent, Kind
 from sync import parse, publish, sync, tasks
 from sync.models import SpendAlert, SyncState, UpstreamEvent, UpstreamKey, UpstreamServiceAccount
 
@@ -393,6 +393,18 @@ def test_a_429_asking_for_too_long_a_wait_fails_the_run_and_backs_off_at_least_t
     state = SyncState.objects.get(organization=org)
     assert state.last_outcome == "rate_limited"
     assert state.next_attempt_at >= before + timedelta(seconds=900)
+    assert not Project.objects.filter(openai_project_id="proj_Fresh00000001").exists()
+
+
+@pytest.mark.django_db
+def test_nothing_is_sent_while_the_hosts_circuit_is_open(org, world, sandbox):
+    host = sandbox.openai_url.split("//")[1].split("/")[0]
+    now = timezone.now()
+    Circuit.objects.create(host=host, state=CircuitState.OPEN, open_until=now + timedelta(hours=3))
+    summary = sync.run_scheduled(now=now)
+    assert summary.failed["acme"].startswith("skipped_circuit_open: projects: the circuit for")
+    assert calls(sandbox, org) == 0
+    assert SyncState.objects.get(organization=org).next_attempt_at >= now + timedelta(hours=3)
     assert not Project.objects.filter(openai_project_id="proj_Fresh00000001").exists()
 
 
