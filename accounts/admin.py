@@ -18,7 +18,7 @@ from django.db.models.functions import Coalesce
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect, StreamingHttpResponse
 from django.urls import path, reverse
 from django.utils.decorators import method_decorator
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.timezone import now
 from django.views.decorators.debug import sensitive_post_parameters
 
@@ -105,16 +105,37 @@ class ArchivedFilter(admin.SimpleListFilter):
 
 
 def tier_mismatch_badge(project):
-    """A warning span when the API reports other limits than the project's tier, else ""."""
+    """A warning span when the API reports other limits than the project's synced rate
+    limits (or its tier), else ""."""
     mismatch = project.tier_mismatch()
     if mismatch is None:
         return ""
     configured, observed = mismatch
     return format_html(
         '<span class="state warn" title="tier mismatch">{} says {} RPM, API reports {}</span>',
-        project.tier.name,
+        "Synced rate limit" if project.synced_rpm() is not None else project.tier.name,
         f"{configured:,}",
         f"{observed:,}",
+    )
+
+
+def rate_limit_table(project):
+    """The project's per-model rate limits as the organization sync last read them: a small
+    read-only table (not an inline: the page's form stays what it was)."""
+    limits = list(project.rate_limits.all())
+    if not limits:
+        return "None synced: the tier's limits apply."
+    rows = format_html_join(
+        "",
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        (
+            (r.model, f"{r.max_requests_per_1_minute:,}", f"{r.max_tokens_per_1_minute:,}", f"{r.synced_at:%Y-%m-%d}")
+            for r in limits
+        ),
+    )
+    return format_html(
+        "<table><thead><tr><th>model</th><th>RPM</th><th>TPM</th><th>synced</th></tr></thead><tbody>{}</tbody></table>",
+        rows,
     )
 
 
@@ -147,8 +168,12 @@ class ProjectAdmin(AuditedAdmin):
         "observed_rpm",
         "observed_tpm",
         "observed_limits_at",
+        "synced_rate_limits",
     ]
-    readonly_fields = ["tier_check", "observed_rpm", "observed_tpm", "observed_limits_at"]
+    readonly_fields = ["tier_check", "observed_rpm", "observed_tpm", "observed_limits_at", "synced_rate_limits"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("rate_limits")  # tier_check: no N+1
 
     class Media:
         css = BADGE_CSS
@@ -164,6 +189,10 @@ class ProjectAdmin(AuditedAdmin):
     @admin.display(description="tier check")
     def tier_check(self, project):
         return tier_mismatch_badge(project)
+
+    @admin.display(description="per-model rate limits (synced)")
+    def synced_rate_limits(self, project):
+        return rate_limit_table(project) if project.pk else ""
 
 
 @admin.register(Tier)

@@ -206,18 +206,35 @@ class Project(models.Model):
     def effective_rotation_days(self):
         return self.rotation_policy_days or self.organization.rotation_policy_days
 
+    def synced_rpm(self):
+        """The project's request limit as the organization sync last read it: the most
+        restrictive per-model `max_requests_per_1_minute` (a probe, GET /v1/models, uses
+        no model, so the lowest limit is the one it can never exceed), or None when
+        nothing was synced. Reads `rate_limits.all()`, so a prefetch serves it."""
+        if self.pk is None:
+            return None
+        return min((r.max_requests_per_1_minute for r in self.rate_limits.all()), default=None)
+
+    def configured_rpm(self):
+        """The limit the console expects: the synced per-model limits, else the tier's."""
+        synced = self.synced_rpm()
+        if synced is not None:
+            return synced
+        return self.tier.requests_per_minute if self.tier else None
+
     def tier_mismatch(self):
         """(configured RPM, observed RPM) when the API reports a different request limit
-        than the project's tier, else None."""
-        if self.tier is None or self.observed_rpm is None:
+        than the project's synced rate limits (or, without them, its tier), else None."""
+        configured = self.configured_rpm()
+        if configured is None or self.observed_rpm is None:
             return None
-        if self.observed_rpm != self.tier.requests_per_minute:
-            return (self.tier.requests_per_minute, self.observed_rpm)
+        if self.observed_rpm != configured:
+            return (configured, self.observed_rpm)
         return None
 
     def probe_rpm_budget(self):
         """Requests per minute probes may spend on this project, across all workers."""
-        rpm = self.tier.requests_per_minute if self.tier else 500
+        rpm = self.configured_rpm() or 500
         return max(rpm * settings.PROBE_PROJECT_RPM_SHARE, 1.0)
 
 

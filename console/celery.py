@@ -31,6 +31,8 @@ def add_periodic_tasks(sender, **kwargs):
     # Budgets (usage/alerts.py) hourly and after each ingest; the alert outbox every minute.
     sender.add_periodic_task(3600, sender.signature("usage.tasks.evaluate_budgets"), name="evaluate budgets")
     sender.add_periodic_task(60, sender.signature("accounts.tasks.deliver_notifications"), name="deliver notifications")
+    # Organization sync with the Administration API (sync/tasks.py), hourly by default.
+    sender.add_periodic_task(settings.SYNC_INTERVAL_SECONDS, sender.signature("sync.tasks.sync_all"), name="org sync")
 
 
 from . import startup  # noqa: E402,F401  connects the worker start-up check (refuse to start on bad config)

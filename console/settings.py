@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "accounts",
     "keys",
     "usage",
+    "sync",
     "sandbox",
     # Login hardening (see "Login and sessions" below).
     "django_otp",
@@ -319,6 +320,13 @@ NOTIFICATION_WEBHOOK_TIMEOUT_SECONDS = env.float("NOTIFICATION_WEBHOOK_TIMEOUT_S
 # Outgoing email: smtp://user:pass@host:587 (smtp+tls://, smtps://), consolemail:// prints it.
 vars().update(env.email_url("EMAIL_URL", default="smtp://localhost:25"))
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="openai-console@localhost")
+# --- Organization sync with the Administration API (sync/sync.py)
+# Seconds between scheduled syncs of every organization with an admin key (beat).
+SYNC_INTERVAL_SECONDS = env.int("SYNC_INTERVAL_SECONDS", default=3600)
+# Pages one list may return in one sync before the organization stops with an error.
+SYNC_MAX_PAGES = env.int("SYNC_MAX_PAGES", default=1000)
+# Requests one organization's sync keeps in flight at once (projects are read in parallel).
+SYNC_CONCURRENCY = env.int("SYNC_CONCURRENCY", default=8)
 
 # --- Sandbox API (sandbox/)
 SANDBOX_PORT = env.int("SANDBOX_PORT", default=8100)

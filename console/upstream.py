@@ -13,6 +13,7 @@ Every call to an upstream API goes through this module, in two layers:
 Secrets pass through in memory only; nothing here logs, stores or raises them.
 """
 
+import asyncio
 import json
 import time
 import uuid
@@ -409,6 +410,21 @@ class Pool:
         reply.duration_ms = int((time.monotonic() - started) * 1000)
         return reply
 
+    async def send_patiently(self, target, call, retries=0, max_wait=0.0):
+        """`send`, and after a 429 rate limit (not `insufficient_quota`) wait as long as the
+        API asked (retry-after-ms / retry-after; 1 s, 2 s, 4 s… when it did not say) and
+        send again, up to `retries` times. A wait longer than `max_wait` seconds is not
+        taken: that 429 is returned for the caller to record."""
+        for attempt in range(retries + 1):
+            reply = await self.send(target, call)
+            if reply.outcome != Outcome.RATE_LIMITED or attempt == retries or reply.should_retry is False:
+                return reply
+            wait = reply.retry_after if reply.retry_after is not None else float(2**attempt)
+            if wait > max_wait:
+                return reply
+            await asyncio.sleep(wait)
+        return reply
+
     async def probe(self, target):
         """Prove the target's key works with a free call and say what happened. Never
         raises for upstream trouble; returns a Reply.
@@ -429,7 +445,7 @@ class Pool:
         reply.body = None  # a probe keeps only what it stores
         return reply
 
-    async def paginate(self, target, fetch, style="cursor", max_pages=DEFAULT_MAX_PAGES):
+    async def paginate(self, target, fetch, style="cursor", max_pages=DEFAULT_MAX_PAGES, retries=0, max_wait=0.0):
         """Walk a paginated list; yields one Reply per page and stops after the last page
         or the first page that is not OK (yielded, for the caller to judge).
 
@@ -438,10 +454,13 @@ class Pool:
         cursor is `last_id`, else the last item's id) or "page" for `page` /
         `next_page` / `has_more` (usage and costs). Raises PaginationError when the API
         hands back a cursor it already gave (it would loop forever) or after
-        `max_pages` pages."""
+        `max_pages` pages. `retries` / `max_wait`: a page answered 429 is asked for again
+        after its retry-after (see `send_patiently`)."""
         cursor, seen = None, set()
         for _ in range(max_pages):
-            reply = await self.send(target, lambda client, headers, cursor=cursor: fetch(client, headers, cursor))
+            reply = await self.send_patiently(
+                target, lambda client, headers, cursor=cursor: fetch(client, headers, cursor), retries, max_wait
+            )
             yield reply
             body = reply.body if isinstance(reply.body, dict) else {}
             if reply.outcome != Outcome.OK or not body.get("has_more"):

@@ -172,7 +172,8 @@ class LastProbeFilter(admin.SimpleListFilter):
         if value == "ok":
             return queryset.filter(last_probe_outcome=Outcome.OK)
         if value == "failing":
-            return queryset.filter(last_probe_outcome__in=Outcome.failures())
+            # ApiKey.is_probe_failing: a key deleted upstream is expected to fail.
+            return queryset.filter(last_probe_outcome__in=Outcome.failures(), deleted_upstream_at__isnull=True)
         if value == "rate_limited":
             return queryset.filter(last_probe_outcome=Outcome.RATE_LIMITED)
         if value == "never":

@@ -327,8 +327,12 @@ class ApiKey(models.Model):
         return self.revoked_at is not None
 
     def is_probe_failing(self):
-        # A revoked key is not probed any more: it is revoked, never "failing".
-        return not self.is_revoked() and self.last_probe_outcome in Outcome.failures()
+        """The last probe failed, and the key is still live: a revoked key is not probed any
+        more, and once the sync found it deleted upstream (deleted_upstream_at) its failures
+        are expected, not the key's."""
+        return (
+            not self.is_revoked() and self.deleted_upstream_at is None and self.last_probe_outcome in Outcome.failures()
+        )
 
 
 class ProbeResult(models.Model):

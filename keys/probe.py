@@ -196,8 +196,10 @@ def load_claimed(claims, now=None):
     leased."""
     now = now or timezone.now()
     claims = {c.key_id: c for c in map(Claim.parse, claims)}
-    rows = ApiKey.objects.filter(pk__in=claims, revoked_at__isnull=True).select_related(
-        "organization", "project__tier", "project__organization"
+    rows = (
+        ApiKey.objects.filter(pk__in=claims, revoked_at__isnull=True)
+        .select_related("organization", "project__tier", "project__organization")
+        .prefetch_related("project__rate_limits")  # Project.probe_rpm_budget: synced limits
     )
     keys = {}
     for k in rows:

@@ -1,4 +1,4 @@
-"""The house rules of the layout (DESIGN.md, "Layout"): floors api → usage / keys →
+"""The house rules of the layout (DESIGN.md, "Layout"): floors api → sync → usage / keys →
 accounts → console, nothing imports upward (lazy imports included), models never import
 tasks, and the shared admin machinery knows no concrete model."""
 
@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-FLOOR = {"console": 0, "accounts": 1, "keys": 2, "usage": 2, "api": 3, "sandbox": 4}
+FLOOR = {"console": 0, "accounts": 1, "keys": 2, "usage": 2, "sync": 3, "api": 4, "sandbox": 5}
 # The project's wiring: it names every app by design (settings, URLs, process start-up).
 WIRING = {"settings", "urls", "celery", "wsgi", "asgi", "startup", "apps", "admin_site"}
 
