@@ -545,7 +545,10 @@ def test_no_secret_reaches_the_output_the_audit_log_the_history_the_alerts_or_th
         assert_secret_absent(secret, *texts)
 
 
-def test_the_real_command_line_exits_1_0_and_2(transactional_db, tmp_path, make_key, settings):
+# The command runs in another process, so the data must be committed; serialized_rollback
+# restores the tiers and groups the migrations made, which an earlier flush removed.
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_the_real_command_line_exits_1_0_and_2(tmp_path, make_key, settings):
     db = settings.DATABASES["default"]
     env = {
         **os.environ,
