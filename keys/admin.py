@@ -22,6 +22,7 @@ from console.upstream import Outcome
 from . import tasks
 from .forms import ApiKeyForm
 from .models import ApiKey, Circuit, CircuitState, Kind, ProbeResult
+from .states_admin import RotationDisplays, RotationStateFilter, StaleFlagFilter
 
 BADGE_CSS = {"all": ["keys/admin.css"]}
 
@@ -175,7 +176,7 @@ class LastProbeFilter(admin.SimpleListFilter):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(AuditedAdmin):
+class ApiKeyAdmin(RotationDisplays, AuditedAdmin):
     form = ApiKeyForm
     list_display = [
         "name",
@@ -187,12 +188,21 @@ class ApiKeyAdmin(AuditedAdmin):
         "issued_or_rotated",
         "expires_at",
         "is_active",
+        "rotation_badge",
         "last_probe",
         "consecutive_failures",
     ]
     list_select_related = ["organization", "project"]
     ordering = ["organization__name", "project__name", "name"]
-    list_filter = ["provider", "kind", "organization", StatusFilter, LastProbeFilter]
+    list_filter = [
+        "provider",
+        "kind",
+        "organization",
+        StatusFilter,
+        LastProbeFilter,
+        RotationStateFilter,
+        StaleFlagFilter,
+    ]
     # Never secret_ciphertext or fingerprint (ApiKey.secret_fields).
     search_fields = ["name", "hint", "owner", "upstream_key_id", "project__name", "organization__name"]
     actions = ["probe_selected", "revoke_selected"]
@@ -213,6 +223,7 @@ class ApiKeyAdmin(AuditedAdmin):
                 ]
             },
         ),
+        ("Rotation", {"fields": ["rotation_state_display", "next_rotation_due_display", "stale_flags_display"]}),
         (
             "Last probe",
             {"fields": ["last_probe", "last_probe_at", "last_success_at", "consecutive_failures", "next_probe_at"]},
@@ -228,6 +239,9 @@ class ApiKeyAdmin(AuditedAdmin):
         "last_success_at",
         "consecutive_failures",
         "next_probe_at",
+        "rotation_state_display",
+        "next_rotation_due_display",
+        "stale_flags_display",
     ]
 
     class Media:
