@@ -6,4 +6,8 @@ class AccountsConfig(AppConfig):
     verbose_name = "Organizations and projects"
 
     def ready(self):
-        from . import signals  # noqa: F401  (connects the login audit receivers)
+        from console import health
+
+        from . import heartbeat, signals  # noqa: F401  (signals: connects the login audit receivers)
+
+        health.register_check("heartbeats", heartbeat.readiness)

@@ -184,6 +184,8 @@ SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# A load balancer's health checks may come over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 
 # --- Error reports (console/error_reports.py): secrets are cleansed from the DEBUG 500 page
 # and error e-mails even with DEBUG=true (Django's own filter only cleanses without DEBUG).
@@ -302,6 +304,12 @@ USAGE_BACKFILL_DAYS = env.int("USAGE_BACKFILL_DAYS", default=30)
 # Largest usage or costs page read (bytes). A day of 1,000 keys × 3 models is ~1 MB of JSON;
 # probes keep their own 256 KiB cap (console.upstream.MAX_BODY_BYTES).
 USAGE_MAX_BODY_BYTES = env.int("USAGE_MAX_BODY_BYTES", default=64 * 1024 * 1024)
+
+# --- Health and metrics (console/health.py, console/metrics.py; docs/OPERATIONS.md)
+# /metrics is served only when enabled (default: with DEBUG); with a token, scrapes must
+# send "Authorization: Bearer <token>".
+METRICS_ENABLED = env.bool("METRICS_ENABLED", default=DEBUG)
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # --- Sandbox API (sandbox/)
 SANDBOX_PORT = env.int("SANDBOX_PORT", default=8100)

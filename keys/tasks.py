@@ -10,6 +10,8 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
+from accounts import heartbeat
+
 from . import probe
 from . import sweep as sweeping
 from .models import ProbeResult
@@ -21,8 +23,12 @@ log = logging.getLogger(__name__)
 def sweep():
     """Beat: claim every due key and hand the claims to workers in batches. Returns how
     many keys were queued (claimed keys whose batch could not be queued are due again)."""
-    claims = sweeping.claim_due(timezone.now())
+    started = timezone.now()
+    claims = sweeping.claim_due(started)
     queued = publish(claims)
+    # /readyz and /metrics: beat is scheduling and a worker ran its sweep (accounts/heartbeat.py).
+    finished = timezone.now()
+    heartbeat.record_beat(finished, sweep_seconds=(finished - started).total_seconds())
     if claims:
         log.info("probe sweep: %d keys claimed, %d queued", len(claims), queued)
     return queued
