@@ -279,8 +279,9 @@ PROBE_LIMITER_MAX_WAIT_SECONDS = env.float("PROBE_LIMITER_MAX_WAIT_SECONDS", def
 PROBE_LEASE_SECONDS = env.int(
     "PROBE_LEASE_SECONDS", default=CELERY_VISIBILITY_TIMEOUT + CELERY_TASK_TIME_LIMIT + 5 * 60
 )
-# Probe results older than this are deleted daily; each key keeps its last outcome.
-PROBE_RESULTS_KEEP_DAYS = env.int("PROBE_RESULTS_KEEP_DAYS", default=30)
+# Full probe results are kept this many days; older ones become outcome transitions and a
+# daily rollup per key, then are deleted (keys/retention.py, a daily beat task).
+PROBE_RESULTS_KEEP_DAYS = env.int("PROBE_RESULTS_KEEP_DAYS", default=7)
 CIRCUIT_FAILURE_THRESHOLD = env.int("CIRCUIT_FAILURE_THRESHOLD", default=5)
 CIRCUIT_COOLDOWN_SECONDS = env.int("CIRCUIT_COOLDOWN_SECONDS", default=60)
 

@@ -12,9 +12,8 @@ from django.utils import timezone
 
 from accounts import heartbeat
 
-from . import probe
+from . import probe, retention
 from . import sweep as sweeping
-from .models import ProbeResult
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +48,16 @@ def probe_batch(claims):
 
 @shared_task(name="keys.tasks.prune_probe_results", acks_late=True, ignore_result=True)
 def prune_probe_results():
-    """Beat, daily: drop probe results older than PROBE_RESULTS_KEEP_DAYS."""
-    deleted = ProbeResult.prune(timezone.now(), settings.PROBE_RESULTS_KEEP_DAYS)
-    log.info("pruned %d probe results", deleted)
+    """Beat, daily: roll up probe results older than PROBE_RESULTS_KEEP_DAYS into
+    transitions and daily rollups, then delete them, a chunk of keys per transaction
+    (keys/retention.py). Idempotent: a redelivered or overlapping run finds less to do."""
+    done = retention.run(timezone.now(), settings.PROBE_RESULTS_KEEP_DAYS)
+    log.info(
+        "probe retention: %d results rolled up into %d daily rows and %d transitions, then deleted",
+        done.rolled_up,
+        done.days,
+        done.transitions,
+    )
 
 
 def publish(claims):
