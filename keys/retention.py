@@ -26,6 +26,7 @@ against hand computations.
 """
 
 import math
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -44,6 +45,7 @@ class Summary:
     days: int = 0  # ProbeDaily rows written
     transitions: int = 0  # ProbeTransition rows written
     chunks: int = 0
+    delete_seconds: float = 0.0  # of which deleting (what partitions would save; bench/retention.py)
 
 
 def cutoff(now, keep_days):
@@ -85,8 +87,9 @@ def run(now, keep_days, batch_keys=BATCH_KEYS, engine=None):
     summary = Summary()
     for ids in key_chunks(batch_keys):
         with transaction.atomic():
-            rolled, days, transitions = roll(ids, before)
+            rolled, days, transitions, delete_seconds = roll(ids, before)
         summary.chunks += 1
+        summary.delete_seconds += delete_seconds
         summary.rolled_up += rolled
         summary.days += days
         summary.transitions += transitions
@@ -136,9 +139,10 @@ def roll_chunk_sql(ids, before):
         days = cursor.rowcount
         cursor.execute(TRANSITIONS_SQL, params)
         transitions = cursor.rowcount
+        started = time.monotonic()
         cursor.execute(DELETE_SQL, params)
         rolled = cursor.rowcount
-    return rolled, days, transitions
+    return rolled, days, transitions, time.monotonic() - started
 
 
 # --- anywhere: the same numbers in Python -------------------------------------------------
@@ -200,5 +204,6 @@ def roll_chunk_python(ids, before):
         )
     ProbeDaily.objects.bulk_create(daily, ignore_conflicts=True, batch_size=1000)
     ProbeTransition.objects.bulk_create(transitions, ignore_conflicts=True, batch_size=1000)
+    started = time.monotonic()
     rolled = old.delete()[0]
-    return rolled, len(daily), len(transitions)
+    return rolled, len(daily), len(transitions), time.monotonic() - started
