@@ -189,3 +189,28 @@ def test_a_worker_records_its_heartbeat_when_it_starts_a_task_not_when_eager():
     heartbeat.worker_heartbeat_per_task(sender=task)
     assert Heartbeat.objects.get().name == heartbeat.worker_name("celery@host-c")
     assert heartbeat.readiness(timezone.now())["workers"]["count"] == 1
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_real_workers_and_a_sweep_make_readyz_ready(client, tmp_path):
+    """Two Celery workers with different node names (as on two hosts) are counted, not
+    named; the sweep a worker runs refreshes the beat heartbeat."""
+    import redis
+
+    from .workers import Worker, wait_for
+
+    redis.from_url(settings.REDIS_URL).flushdb()
+    assert client.get("/readyz").status_code == 503
+    with Worker(tmp_path, concurrency=1) as first, Worker(tmp_path, concurrency=1) as second:
+        wait_for(lambda: client.get("/readyz").json()["checks"]["workers"]["count"] == 2, 30, message="two workers")
+        body = client.get("/readyz").json()
+        assert body["checks"]["beat"]["status"] == "fail"  # no sweep yet
+        tasks.sweep.delay()
+        wait_for(lambda: client.get("/readyz").status_code == 200, 30, message="a sweep's beat heartbeat")
+        text = client.get("/readyz").content.decode()
+        for worker in (first, second):
+            assert worker.name.split("@")[0] not in text
+        assert socket.gethostname() not in text
+    names = list(Heartbeat.objects.values_list("name", flat=True))
+    assert not [n for n in names if socket.gethostname() in n or "test-" in n]
