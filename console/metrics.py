@@ -26,6 +26,7 @@ import hmac
 import logging
 
 from django.conf import settings
+from django.core.checks import Warning, register
 from django.http import Http404, HttpResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -86,3 +87,18 @@ def metrics_view(request):
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+@register(deploy=True)
+def check_metrics_exposure(app_configs=None, **kwargs):
+    """console.W010: /metrics is on in production without a token."""
+    if settings.METRICS_ENABLED and not settings.METRICS_TOKEN:
+        return [
+            Warning(
+                "/metrics is enabled without METRICS_TOKEN: anyone who reaches it reads key counts, spend and hosts.",
+                hint="Set METRICS_TOKEN, or restrict /metrics to the scraper's network at the proxy and add "
+                "console.W010 to SILENCED_SYSTEM_CHECKS.",
+                id="console.W010",
+            )
+        ]
+    return []

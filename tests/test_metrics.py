@@ -169,3 +169,14 @@ def test_a_scrape_costs_the_same_queries_at_2_and_50_keys(
         response = client.get("/metrics")
     assert response.status_code == 200
     assert f'console_probes_last_hour{{outcome="ok"}} {float(keys)}'.encode() in response.content
+
+
+def test_check_deploy_warns_when_metrics_are_open(settings):
+    from django.core.checks import run_checks
+
+    settings.METRICS_ENABLED, settings.METRICS_TOKEN = True, ""
+    assert "console.W010" in [m.id for m in run_checks(include_deployment_checks=True)]
+    settings.METRICS_TOKEN = TOKEN
+    assert "console.W010" not in [m.id for m in run_checks(include_deployment_checks=True)]
+    settings.METRICS_ENABLED, settings.METRICS_TOKEN = False, ""
+    assert "console.W010" not in [m.id for m in run_checks(include_deployment_checks=True)]
