@@ -1,6 +1,6 @@
 import os
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 
@@ -23,6 +23,20 @@ def add_periodic_tasks(sender, **kwargs):
     # hourly refresh reads today and retries organizations whose backoff has passed.
     sender.add_periodic_task(24 * 3600, sender.signature("usage.tasks.ingest_all"), name="usage ingest")
     sender.add_periodic_task(3600, sender.signature("usage.tasks.refresh_today"), name="usage refresh today")
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def json_worker_logs(logger=None, **kwargs):
+    """Celery replaces the root logger's handlers in workers and beat: with LOG_FORMAT=json
+    their lines are JSON too (console/log_format.py)."""
+    from django.conf import settings
+
+    if settings.LOG_FORMAT == "json":
+        from console.log_format import JsonFormatter
+
+        for handler in logger.handlers:
+            handler.setFormatter(JsonFormatter())
 
 
 from . import startup  # noqa: E402,F401  connects the worker start-up check (refuse to start on bad config)

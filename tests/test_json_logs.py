@@ -222,3 +222,18 @@ def test_no_secret_reaches_any_log_line_at_debug(admin_client, project, probing,
     for secret in (first, revoked, replacement):
         for part in canary_parts(secret):
             assert part not in text, "a secret (or a piece of it) reached a log line"
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_worker_logs_json_with_log_format_json(tmp_path):
+    """Celery replaces the root handlers in a worker: its lines are JSON all the same."""
+    from .workers import Worker, wait_for
+
+    redis.from_url(django_settings.REDIS_URL).flushdb()
+    with Worker(tmp_path, concurrency=1, LOG_FORMAT="json") as worker:
+        tasks.sweep.delay()
+        wait_for(lambda: "keys.tasks.sweep" in worker.read_log() and "succeeded" in worker.read_log(), 30)
+        lines = [json.loads(line) for line in worker.read_log().splitlines() if line.startswith("{")]
+    assert [line for line in lines if "ready." in line["message"]]
+    assert [line for line in lines if "succeeded" in line["message"]]
