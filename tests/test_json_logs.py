@@ -180,8 +180,9 @@ def test_upstream_log_lines_carry_openais_and_our_request_ids(make_key, probing,
 
 
 def test_no_secret_reaches_any_log_line_at_debug(admin_client, project, probing, everything_at_debug):
-    """Register a key in the admin, probe it, probe an invalid key, paste a new secret
-    over the first (a rotation-like re-save) and probe again — every logger at DEBUG."""
+    """Register a key in the admin, probe it, probe an invalid key, re-save it in the admin,
+    save a new secret over the first (what a rotation does underneath) and probe again —
+    every logger at DEBUG."""
     first = formats.generate(formats.PROJECT)
     revoked = formats.generate(formats.PROJECT)
     replacement = formats.generate(formats.PROJECT)
@@ -204,11 +205,16 @@ def test_no_secret_reaches_any_log_line_at_debug(admin_client, project, probing,
     probe_in_a_task(key, dead)
     assert ProbeResult.objects.get(key=dead).outcome == "invalid_key"
 
+    # A re-save on the key page (no secret pasted: the page keeps the stored one) …
     response = admin_client.post(
-        reverse("admin:keys_apikey_change", args=[key.pk]), key_change_data(key, secret=replacement)
+        reverse("admin:keys_apikey_change", args=[key.pk]), key_change_data(key, owner="platform team B")
     )
     assert response.status_code == 302
+    # … and a new secret saved over the old one, as a rotation does underneath.
     key.refresh_from_db()
+    key.set_secret(replacement)
+    key.full_clean()
+    key.save()
     assert key.hint == formats.hint(replacement)
     probe_in_a_task(key)
     assert list(ProbeResult.objects.filter(key=key).values_list("outcome", flat=True)) == ["ok", "ok"]
