@@ -6,7 +6,10 @@ class AccountsConfig(AppConfig):
     verbose_name = "Organizations and projects"
 
     def ready(self):
-        from . import access_changes, signals  # noqa: F401  (connect the audit receivers)
+        from console import health
+
+        from . import access_changes, heartbeat, signals  # noqa: F401  (connect the audit receivers)
         from .admin import audit_other_packages_admins
 
         audit_other_packages_admins()
+        health.register_check("heartbeats", heartbeat.readiness)

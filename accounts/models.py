@@ -377,3 +377,18 @@ class AuditEvent(models.Model):
             target_repr=str(target)[:300] if target is not None else "",
             details=details,
         )
+
+
+class Heartbeat(models.Model):
+    """The last time a background process showed it was alive (accounts/heartbeat.py):
+    "beat" when a worker ran a sweep beat scheduled, "worker:<hash>" per worker host
+    (its name hashed: /readyz counts workers, it never names one). In the database
+    because every process shares it, whatever the cache (the embedded default's cache is
+    per process). `value` carries a figure with the beat, e.g. the last sweep's seconds."""
+
+    name = models.CharField(max_length=80, unique=True)
+    seen_at = models.DateTimeField()
+    value = models.FloatField(null=True, blank=True)
+
+    def __str__(self):
+        return f"{self.name} @ {self.seen_at:%Y-%m-%d %H:%M:%S}"

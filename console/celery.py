@@ -1,6 +1,6 @@
 import os
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 
@@ -33,6 +33,20 @@ def add_periodic_tasks(sender, **kwargs):
     sender.add_periodic_task(60, sender.signature("accounts.tasks.deliver_notifications"), name="deliver notifications")
     # Organization sync with the Administration API (sync/tasks.py), hourly by default.
     sender.add_periodic_task(settings.SYNC_INTERVAL_SECONDS, sender.signature("sync.tasks.sync_all"), name="org sync")
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def json_worker_logs(logger=None, **kwargs):
+    """Celery replaces the root logger's handlers in workers and beat: with LOG_FORMAT=json
+    their lines are JSON too (console/log_format.py)."""
+    from django.conf import settings
+
+    if settings.LOG_FORMAT == "json":
+        from console.log_format import JsonFormatter
+
+        for handler in logger.handlers:
+            handler.setFormatter(JsonFormatter())
 
 
 from . import startup  # noqa: E402,F401  connects the worker start-up check (refuse to start on bad config)

@@ -45,6 +45,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every log line of the request carries its id (console/request_id.py).
+    "console.request_id.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -189,6 +191,8 @@ SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# A load balancer's health checks may come over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 
 # --- Error reports (console/error_reports.py): secrets are cleansed from the DEBUG 500 page
 # and error e-mails even with DEBUG=true (Django's own filter only cleanses without DEBUG).
@@ -282,8 +286,9 @@ PROBE_LIMITER_MAX_WAIT_SECONDS = env.float("PROBE_LIMITER_MAX_WAIT_SECONDS", def
 PROBE_LEASE_SECONDS = env.int(
     "PROBE_LEASE_SECONDS", default=CELERY_VISIBILITY_TIMEOUT + CELERY_TASK_TIME_LIMIT + 5 * 60
 )
-# Probe results older than this are deleted daily; each key keeps its last outcome.
-PROBE_RESULTS_KEEP_DAYS = env.int("PROBE_RESULTS_KEEP_DAYS", default=30)
+# Full probe results are kept this many days; older ones become outcome transitions and a
+# daily rollup per key, then are deleted (keys/retention.py, a daily beat task).
+PROBE_RESULTS_KEEP_DAYS = env.int("PROBE_RESULTS_KEEP_DAYS", default=7)
 CIRCUIT_FAILURE_THRESHOLD = env.int("CIRCUIT_FAILURE_THRESHOLD", default=5)
 CIRCUIT_COOLDOWN_SECONDS = env.int("CIRCUIT_COOLDOWN_SECONDS", default=60)
 
@@ -327,16 +332,31 @@ SYNC_INTERVAL_SECONDS = env.int("SYNC_INTERVAL_SECONDS", default=3600)
 SYNC_MAX_PAGES = env.int("SYNC_MAX_PAGES", default=1000)
 # Requests one organization's sync keeps in flight at once (projects are read in parallel).
 SYNC_CONCURRENCY = env.int("SYNC_CONCURRENCY", default=8)
+# --- Health and metrics (console/health.py, console/metrics.py; docs/OPERATIONS.md)
+# /metrics is served only when enabled (default: with DEBUG); with a token, scrapes must
+# send "Authorization: Bearer <token>".
+METRICS_ENABLED = env.bool("METRICS_ENABLED", default=DEBUG)
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # --- Sandbox API (sandbox/)
 SANDBOX_PORT = env.int("SANDBOX_PORT", default=8100)
 
+# plain: one line for people; json: one JSON object per line with the request id and the
+# upstream request ids (console/log_format.py).
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("plain", "json"):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("LOG_FORMAT must be plain or json.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "console.log_format.JsonFormatter"},
+    },
     "filters": {"no_client_error_tracebacks": {"()": "console.log_filters.NoTracebackForClientErrors"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
         # A 403 or 404 is one warning line, without a traceback (console/log_filters.py).

@@ -15,6 +15,7 @@ Secrets pass through in memory only; nothing here logs, stores or raises them.
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ MAX_BODY_BYTES = 256 * 1024
 MAX_SCAN_CHARS = 4096
 MESSAGE_LENGTH = 500
 DEFAULT_MAX_PAGES = 1000
+
+log = logging.getLogger(__name__)
 
 
 class Outcome(models.TextChoices):
@@ -408,6 +411,7 @@ class Pool:
             except ValueError:
                 reply.body = None
         reply.duration_ms = int((time.monotonic() - started) * 1000)
+        log_reply(target, reply)
         return reply
 
     async def send_patiently(self, target, call, retries=0, max_wait=0.0):
@@ -472,6 +476,31 @@ class Pool:
                 raise PaginationError(f"The API repeated the cursor {cursor[:40]!r}; stopping instead of looping.")
             seen.add(cursor)
         raise PaginationError(f"Stopped after {max_pages} pages: the list did not end.")
+
+
+def log_reply(target, reply):
+    """One DEBUG line per upstream call, carrying OpenAI's x-request-id and our client
+    request id (JSON logs: fields of their own). Never the secret, the message or a body."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    host = target.host()
+    log.debug(
+        "upstream %s: %s %s in %d ms (x-request-id %s, client request id %s)",
+        host,
+        reply.outcome,
+        reply.http_status or "-",
+        reply.duration_ms,
+        reply.request_id or "-",
+        reply.client_request_id,
+        extra={
+            "upstream_host": host,
+            "outcome": str(reply.outcome),
+            "http_status": reply.http_status,
+            "duration_ms": reply.duration_ms,
+            "upstream_request_id": reply.request_id,
+            "client_request_id": reply.client_request_id,
+        },
+    )
 
 
 def next_cursor(body, style):

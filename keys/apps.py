@@ -6,4 +6,8 @@ class KeysConfig(AppConfig):
     verbose_name = "API keys"
 
     def ready(self):
-        from . import checks  # noqa: F401  (registers the system checks)
+        from console import metrics as console_metrics
+
+        from . import checks, metrics  # noqa: F401  (checks: registers the system checks)
+
+        console_metrics.register_provider("keys", metrics.collect)

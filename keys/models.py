@@ -390,6 +390,55 @@ class ProbeResult(models.Model):
             deleted += cls.objects.filter(pk__in=ids).delete()[0]
 
 
+class ProbeTransition(models.Model):
+    """A probe result older than PROBE_RESULTS_KEEP_DAYS whose outcome differed from the
+    key's previous one (the key's first result counts): the history kept once the full
+    rows are pruned (keys/retention.py). Never a secret: the scrubbed fields of the row."""
+
+    key = models.ForeignKey(ApiKey, models.CASCADE, related_name="probe_transitions")
+    slot = models.BigIntegerField()
+    started_at = models.DateTimeField()
+    outcome = models.CharField(max_length=30, choices=Outcome.choices)
+    previous_outcome = models.CharField(max_length=30, choices=Outcome.choices, blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    error_code = models.CharField(max_length=100, blank=True)
+    message = models.CharField(max_length=500, blank=True, help_text="Scrubbed: no key fragment.")
+    request_id = models.CharField("x-request-id", max_length=100, blank=True)
+    secret_hint = models.CharField("secret probed", max_length=40, blank=True)
+
+    deleted_with_parent = True
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["key", "slot"], name="keys_probetransition_unique_key_slot")]
+        indexes = [models.Index(fields=["key", "-started_at"], name="keys_transition_key_recent")]
+
+    def __str__(self):
+        return f"{self.key_id} @ {self.started_at:%Y-%m-%d %H:%M:%S}: {self.previous_outcome or '—'} → {self.outcome}"
+
+
+class ProbeDaily(models.Model):
+    """One key's probes on one UTC day, rolled up before the day's rows are pruned
+    (keys/retention.py): how many, how many failed, and the median and 95th percentile
+    duration (continuous percentiles, as PostgreSQL's percentile_cont)."""
+
+    key = models.ForeignKey(ApiKey, models.CASCADE, related_name="probe_days")
+    day = models.DateField()
+    probes = models.PositiveIntegerField()
+    failures = models.PositiveIntegerField()
+    p50_ms = models.FloatField()
+    p95_ms = models.FloatField()
+
+    deleted_with_parent = True
+
+    class Meta:
+        verbose_name = "daily probe rollup"
+        constraints = [models.UniqueConstraint(fields=["key", "day"], name="keys_probedaily_unique_key_day")]
+
+    def __str__(self):
+        return f"{self.key_id} {self.day}: {self.probes} probes, {self.failures} failed"
+
+
 class KeyAction(models.TextChoices):
     REGISTERED = "registered", "Registered"
     ROTATED = "rotated", "Rotated"

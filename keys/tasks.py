@@ -10,9 +10,10 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from . import probe, reminders, rotation
+from accounts import heartbeat
+
+from . import probe, reminders, retention, rotation
 from . import sweep as sweeping
-from .models import ProbeResult
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +22,12 @@ log = logging.getLogger(__name__)
 def sweep():
     """Beat: claim every due key and hand the claims to workers in batches. Returns how
     many keys were queued (claimed keys whose batch could not be queued are due again)."""
-    claims = sweeping.claim_due(timezone.now())
+    started = timezone.now()
+    claims = sweeping.claim_due(started)
     queued = publish(claims)
+    # /readyz and /metrics: beat is scheduling and a worker ran its sweep (accounts/heartbeat.py).
+    finished = timezone.now()
+    heartbeat.record_beat(finished, sweep_seconds=(finished - started).total_seconds())
     if claims:
         log.info("probe sweep: %d keys claimed, %d queued", len(claims), queued)
     return queued
@@ -43,9 +48,16 @@ def probe_batch(claims):
 
 @shared_task(name="keys.tasks.prune_probe_results", acks_late=True, ignore_result=True)
 def prune_probe_results():
-    """Beat, daily: drop probe results older than PROBE_RESULTS_KEEP_DAYS."""
-    deleted = ProbeResult.prune(timezone.now(), settings.PROBE_RESULTS_KEEP_DAYS)
-    log.info("pruned %d probe results", deleted)
+    """Beat, daily: roll up probe results older than PROBE_RESULTS_KEEP_DAYS into
+    transitions and daily rollups, then delete them, a chunk of keys per transaction
+    (keys/retention.py). Idempotent: a redelivered or overlapping run finds less to do."""
+    done = retention.run(timezone.now(), settings.PROBE_RESULTS_KEEP_DAYS)
+    log.info(
+        "probe retention: %d results rolled up into %d daily rows and %d transitions, then deleted",
+        done.rolled_up,
+        done.days,
+        done.transitions,
+    )
 
 
 @shared_task(name="keys.tasks.end_grace_periods", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
