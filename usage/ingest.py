@@ -36,9 +36,10 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from operator import itemgetter
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -306,38 +307,41 @@ class Directory:
 
 
 def usage_rows(organization, endpoint, pages, directory, now):
-    """UsageBucket rows (unsaved) for the pages of one endpoint, and the bucket count."""
+    """UsageBucket rows for the pages of one endpoint, and the bucket count. A row is a
+    dict of column values by attribute name (`project_id`, `model`, …), not a model
+    instance: building a few hundred thousand instances costs more than writing them."""
     rows, buckets = [], 0
+    endpoint, org_id = str(endpoint), organization.pk
     for page in pages:
         for bucket in page["data"]:
             buckets += 1
             start, end = _ts(bucket["start_time"]), _ts(bucket["end_time"])
             for r in bucket["results"]:
                 project_id, key_id = _id(r.get("project_id")), _id(r.get("api_key_id"))
-                counts = {name: _count(r.get(name)) for name in UsageBucket.COUNTS}
-                if counts["num_sessions"] is None:
-                    counts["num_sessions"] = _count(r.get("sessions"))  # the spec's older name
-                rows.append(
-                    UsageBucket(
-                        organization=organization,
-                        endpoint=endpoint,
-                        start_time=start,
-                        end_time=end,
-                        upstream_project_id=project_id,
-                        upstream_key_id=key_id,
-                        upstream_user_id=_id(r.get("user_id")),
-                        model=_id(r.get("model"), 200),
-                        project_id=directory.project(project_id),
-                        key_id=directory.key(key_id),
-                        ingested_at=now,
-                        **counts,
-                    )
+                row = {name: _count(r.get(name)) for name in UsageBucket.COUNTS}
+                if row["num_sessions"] is None:
+                    row["num_sessions"] = _count(r.get("sessions"))  # the spec's older name
+                row.update(
+                    organization_id=org_id,
+                    endpoint=endpoint,
+                    start_time=start,
+                    end_time=end,
+                    upstream_project_id=project_id,
+                    upstream_key_id=key_id,
+                    upstream_user_id=_id(r.get("user_id")),
+                    model=_id(r.get("model"), 200),
+                    project_id=directory.project(project_id),
+                    key_id=directory.key(key_id),
+                    ingested_at=now,
                 )
+                rows.append(row)
     return rows, buckets
 
 
 def cost_rows(organization, pages, directory, now):
+    """CostBucket rows (dicts, as usage_rows) for the pages, and the bucket count."""
     rows, buckets = [], 0
+    org_id = organization.pk
     for page in pages:
         for bucket in page["data"]:
             buckets += 1
@@ -346,19 +350,19 @@ def cost_rows(organization, pages, directory, now):
                 project_id, key_id = _id(r.get("project_id")), _id(r.get("api_key_id"))
                 amount = r.get("amount") if isinstance(r.get("amount"), dict) else {}
                 rows.append(
-                    CostBucket(
-                        organization=organization,
-                        start_time=start,
-                        end_time=end,
-                        upstream_project_id=project_id,
-                        upstream_key_id=key_id,
-                        line_item=_id(r.get("line_item"), 200),
-                        amount=to_amount(amount.get("value")),
-                        currency=_id(amount.get("currency"), 10).lower() or "usd",
-                        project_id=directory.project(project_id),
-                        key_id=directory.key(key_id),
-                        ingested_at=now,
-                    )
+                    {
+                        "organization_id": org_id,
+                        "start_time": start,
+                        "end_time": end,
+                        "upstream_project_id": project_id,
+                        "upstream_key_id": key_id,
+                        "line_item": _id(r.get("line_item"), 200),
+                        "amount": to_amount(amount.get("value")),
+                        "currency": _id(amount.get("currency"), 10).lower() or "usd",
+                        "project_id": directory.project(project_id),
+                        "key_id": directory.key(key_id),
+                        "ingested_at": now,
+                    }
                 )
     return rows, buckets
 
@@ -368,50 +372,88 @@ def _column(name):
     return f"{name}_id" if name in ("organization", "project", "key") else name
 
 
-def _row_values(row, names):
-    return tuple(getattr(row, _column(name)) for name in names)
+def _getter(names):
+    """A function giving a row's values of `names` as a tuple (itemgetter gives a bare
+    value for one name)."""
+    columns = [_column(n) for n in names]
+    if len(columns) == 1:
+        return lambda row: (row[columns[0]],)
+    return itemgetter(*columns)
 
 
 def upsert(model, organization, rows, scope=None):
-    """Write `rows` (unsaved instances of `model`, all of `organization`) on their natural
-    key. Returns Counts(created, updated, unchanged). Only rows that are new or differ are
-    sent, in one bulk INSERT … ON CONFLICT DO UPDATE per batch (PostgreSQL and SQLite),
-    so a re-read writes nothing and two runs at once cannot duplicate a row."""
+    """Write `rows` (column dicts of `model`, all of `organization`) on their natural key.
+    Returns Counts(created, updated, unchanged). The rows stored for the window's days
+    are read in one query and compared in memory; only rows that are new or differ are
+    sent — on PostgreSQL COPYed into a temporary table and merged with one INSERT …
+    SELECT … ON CONFLICT DO UPDATE (bulk_create's ON CONFLICT elsewhere) — so a re-read
+    writes nothing and two runs at once cannot duplicate a row."""
     counts = Counts(results=len(rows))
     if not rows:
         return counts
+    natural_of, values_of = _getter(model.NATURAL_KEY), _getter(model.VALUES)
     # One row per natural key (a misbehaving API could repeat one; the last wins).
-    by_key = {}
-    for row in rows:
-        by_key[_row_values(row, model.NATURAL_KEY)] = row
+    by_key = {natural_of(row): row for row in rows}
     natural_names = [_column(n) for n in model.NATURAL_KEY]
     value_names = [_column(n) for n in model.VALUES]
+    split = len(natural_names)
     existing = {}
-    starts = {row.start_time for row in by_key.values()}
-    query = model.objects.filter(organization=organization, start_time__in=starts, **(scope or {}))
-    for values in query.values(*natural_names, *value_names).iterator(chunk_size=5000):
-        existing[tuple(values[n] for n in natural_names)] = tuple(values[n] for n in value_names)
+    starts = {row["start_time"] for row in by_key.values()}
+    query = model.objects.filter(organization=organization, start_time__in=starts, **(scope or {})).order_by()
+    for values in query.values_list(*natural_names, *value_names).iterator(chunk_size=10000):
+        existing[values[:split]] = values[split:]
     write = []
     for nk, row in by_key.items():
         old = existing.get(nk)
         if old is None:
             counts.created += 1
             write.append(row)
-        elif old != _row_values(row, model.VALUES):
+        elif old != values_of(row):
             counts.updated += 1
             write.append(row)
         else:
             counts.unchanged += 1
     counts.unchanged += len(rows) - len(by_key)
     if write:
-        model.objects.bulk_create(
-            write,
-            update_conflicts=True,
-            unique_fields=list(model.NATURAL_KEY),
-            update_fields=[*model.VALUES, "ingested_at"],
-            batch_size=1000,
-        )
+        if connection.vendor == "postgresql":
+            copy_upsert(model, write)
+        else:
+            model.objects.bulk_create(
+                [model(**row) for row in write],
+                update_conflicts=True,
+                unique_fields=list(model.NATURAL_KEY),
+                update_fields=[*model.VALUES, "ingested_at"],
+                batch_size=1000,
+            )
     return counts
+
+
+def copy_upsert(model, rows):
+    """PostgreSQL: COPY `rows` into a temporary table shaped like `model`'s, then one
+    INSERT … SELECT … ON CONFLICT (natural key) DO UPDATE of the value columns. The
+    temporary table lives for this transaction only."""
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    quote = connection.ops.quote_name
+    table, temp = model._meta.db_table, f"upsert_{model._meta.db_table}"
+    columns = ", ".join(quote(f.column) for f in fields)
+    conflict = ", ".join(quote(model._meta.get_field(n).column) for n in model.NATURAL_KEY)
+    updates = ", ".join(
+        f"{quote(c)} = EXCLUDED.{quote(c)}"
+        for c in (model._meta.get_field(n).column for n in (*model.VALUES, "ingested_at"))
+    )
+    attnames = [f.attname for f in fields]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE {quote(temp)} ON COMMIT DROP AS SELECT {columns} FROM {quote(table)} WITH NO DATA"
+        )
+        with cursor.copy(f"COPY {quote(temp)} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([row[a] for a in attnames])
+        cursor.execute(
+            f"INSERT INTO {quote(table)} ({columns}) SELECT {columns} FROM {quote(temp)} "
+            f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}"
+        )
+        cursor.execute(f"DROP TABLE {quote(temp)}")
 
 
 def mark_keys_used(rows):
@@ -419,8 +461,9 @@ def mark_keys_used(rows):
     never earlier than what it already holds. Returns how many keys moved."""
     newest = {}
     for row in rows:
-        if row.key_id and (row.num_model_requests or 0) > 0:
-            newest[row.key_id] = max(newest.get(row.key_id, row.end_time), row.end_time)
+        key_id = row["key_id"]
+        if key_id and (row["num_model_requests"] or 0) > 0:
+            newest[key_id] = max(newest.get(key_id, row["end_time"]), row["end_time"])
     by_time = defaultdict(list)
     for key_id, at in newest.items():
         by_time[at].append(key_id)
