@@ -282,7 +282,7 @@ class SpendColumns:
     def thresholds_of(self, row):
         return row.alert_threshold_list()
 
-    @admin.display(description="spend this month", ordering="spend_mtd")
+    @admin.display(description="billed this month", ordering="spend_mtd")
     def spend_this_month(self, row):
         return charts.usd(row.spend_mtd)
 

@@ -89,22 +89,25 @@ def _text(x, y, label, anchor="start", size=11, fill=TEXT):
 
 
 def _legend(x, y, items):
+    """Swatches and labels in a row: `items` are (colour, label, kind), kind "box" (a
+    bar's colour), "line" or "dashed"."""
     parts = []
-    for colour, label, dashed in items:
-        if dashed:
+    for colour, label, kind in items:
+        if kind == "box":
+            parts.append(
+                format_html('<rect x="{}" y="{}" width="10" height="10" fill="{}"/>', _n(x), _n(y - 9), colour)
+            )
+        else:
             parts.append(
                 format_html(
-                    '<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{}" stroke-width="2" stroke-dasharray="5 3"/>',
+                    '<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{}" stroke-width="2"{}/>',
                     _n(x),
                     _n(y - 4),
                     _n(x + 14),
                     _n(y - 4),
                     colour,
+                    mark_safe(' stroke-dasharray="5 3"') if kind == "dashed" else "",
                 )
-            )
-        else:
-            parts.append(
-                format_html('<rect x="{}" y="{}" width="10" height="10" fill="{}"/>', _n(x), _n(y - 9), colour)
             )
         parts.append(_text(x + 18, y, label))
         x += 26 + 7 * len(label)
@@ -198,10 +201,10 @@ def daily_spend_chart(days, budget, title, width=720, height=260):
             left,
             height - 4,
             [
-                (BILLED, "billed", False),
-                (ESTIMATED, "estimated", False),
-                (CUMULATIVE, "cumulative", True),
-                (BUDGET, "budget", True),
+                (BILLED, "billed", "box"),
+                (ESTIMATED, "estimated", "box"),
+                (CUMULATIVE, "cumulative", "line"),
+                (BUDGET, "budget", "dashed"),
             ],
         )
     )
@@ -247,6 +250,6 @@ def totals_chart(totals, title, width=720, bar_h=18):
                 _text(label_w + wb + we + 6, y + bar_h - 5, usd(t.total)),
             )
         )
-    rows.append(_legend(label_w, height - 6, [(BILLED, "billed", False), (ESTIMATED, "estimated", False)]))
+    rows.append(_legend(label_w, height - 6, [(BILLED, "billed", "box"), (ESTIMATED, "estimated", "box")]))
     desc = "; ".join(f"{t.label}: {usd(t.total)}" for t in totals) or "No spend."
     return _svg(width, height, title, desc, mark_safe("".join(rows)))
