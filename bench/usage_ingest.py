@@ -148,24 +148,25 @@ def run(args, org):
     for label in ("first ingest", "re-ingest"):
         before, writes_before = rows(), xact_writes()
         profiler = cProfile.Profile() if args.profile else None
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         if profiler:
             profiler.enable()
         summary = ingest.ingest_organization(org, since, until, endpoints=endpoints)
-        wall = time.monotonic() - started
+        wall, cpu = time.monotonic() - started, time.process_time() - cpu_started
         if profiler:
             profiler.disable()
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
         if summary.failed:
             raise SystemExit(f"{label} failed: {summary.failed}")
         total = summary.total()
-        figures.append((label, wall, store_seconds.pop(), total, rows() - before, xact_writes() - writes_before))
+        figures.append((label, wall, cpu, store_seconds.pop(), total, rows() - before, xact_writes() - writes_before))
 
     print(f"window                    {args.days} days × {args.keys} keys × {args.models} models")
     print(f"endpoints                 {', '.join(str(e) for e in endpoints)}")
-    for label, wall, stored, total, new_rows, written in figures:
+    print(f"load average at the end   {' '.join(f'{x:.2f}' for x in os.getloadavg())}  (2 cores shared)")
+    for label, wall, cpu, stored, total, new_rows, written in figures:
         print(f"{label:<26}{wall:.2f} s  {total.results:,} rows read  {total.results / wall:,.0f} rows/s")
-        print(f"{'':<26}fetching {wall - stored:.2f} s, storing {stored:.2f} s")
+        print(f"{'':<26}fetching {wall - stored:.2f} s, storing {stored:.2f} s; this process's CPU {cpu:.2f} s")
         print(
             f"{'':<26}created {total.created:,}  updated {total.updated:,}  unchanged {total.unchanged:,}  "
             f"new rows {new_rows:,}  rows written (PostgreSQL) {written:,}"

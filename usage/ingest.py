@@ -40,7 +40,7 @@ from functools import lru_cache
 from operator import itemgetter
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import BigIntegerField, Q
 from django.db.models.functions import Cast, Extract
 from django.utils import timezone
@@ -420,53 +420,74 @@ def upsert(model, organization, rows, scope=None):
         for i in times:
             values[i] = _ts(values[i])
         existing[tuple(values[:split])] = tuple(values[split:])
-    write = []
+    new, changed = [], []
     for nk, row in by_key.items():
         old = existing.get(nk)
         if old is None:
-            counts.created += 1
-            write.append(row)
+            new.append(row)
         elif old != values_of(row):
-            counts.updated += 1
-            write.append(row)
-        else:
-            counts.unchanged += 1
-    counts.unchanged += len(rows) - len(by_key)
-    if write:
-        if connection.vendor == "postgresql":
-            copy_upsert(model, write)
-        else:
-            model.objects.bulk_create(
-                [model(**row) for row in write],
-                update_conflicts=True,
-                unique_fields=list(model.NATURAL_KEY),
-                update_fields=[*model.VALUES, "ingested_at"],
-                batch_size=1000,
-            )
+            changed.append(row)
+    counts.created, counts.updated = len(new), len(changed)
+    counts.unchanged = len(rows) - len(new) - len(changed)
+    if connection.vendor == "postgresql":
+        # New rows are COPYed straight in; should another run have stored one meanwhile,
+        # they are merged on the natural key with the changed ones instead.
+        if new and not copy_insert(model, new):
+            changed += new
+        if changed:
+            copy_upsert(model, changed)
+    elif new or changed:
+        model.objects.bulk_create(
+            [model(**row) for row in new + changed],
+            update_conflicts=True,
+            unique_fields=list(model.NATURAL_KEY),
+            update_fields=[*model.VALUES, "ingested_at"],
+            batch_size=1000,
+        )
     return counts
+
+
+def _copy_into(cursor, model, table, rows):
+    """COPY `rows` (column dicts of `model`) into `table`, which has `model`'s columns."""
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in fields)
+    attnames = [f.attname for f in fields]
+    # Django translates the driver's errors around execute() only: here too (IntegrityError).
+    with connection.wrap_database_errors, cursor.copy(f"COPY {quote(table)} ({columns}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([row[a] for a in attnames])
+    return columns
+
+
+def copy_insert(model, rows):
+    """PostgreSQL: COPY rows that were not stored a moment ago straight into the table.
+    Returns False, having written nothing, when one was stored meanwhile (another run at
+    the same time: the unique natural key refuses it)."""
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            _copy_into(cursor, model, model._meta.db_table, rows)
+    except IntegrityError:
+        return False
+    return True
 
 
 def copy_upsert(model, rows):
     """PostgreSQL: COPY `rows` into a temporary table shaped like `model`'s, then one
     INSERT … SELECT … ON CONFLICT (natural key) DO UPDATE of the value columns. The
     temporary table lives for this transaction only."""
-    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
     quote = connection.ops.quote_name
     table, temp = model._meta.db_table, f"upsert_{model._meta.db_table}"
-    columns = ", ".join(quote(f.column) for f in fields)
     conflict = ", ".join(quote(model._meta.get_field(n).column) for n in model.NATURAL_KEY)
     updates = ", ".join(
         f"{quote(c)} = EXCLUDED.{quote(c)}"
         for c in (model._meta.get_field(n).column for n in (*model.VALUES, "ingested_at"))
     )
-    attnames = [f.attname for f in fields]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
-            f"CREATE TEMPORARY TABLE {quote(temp)} ON COMMIT DROP AS SELECT {columns} FROM {quote(table)} WITH NO DATA"
+            f"CREATE TEMPORARY TABLE {quote(temp)} ON COMMIT DROP AS SELECT * FROM {quote(table)} WITH NO DATA"
         )
-        with cursor.copy(f"COPY {quote(temp)} ({columns}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row([row[a] for a in attnames])
+        columns = _copy_into(cursor, model, temp, rows)
         cursor.execute(
             f"INSERT INTO {quote(table)} ({columns}) SELECT {columns} FROM {quote(temp)} "
             f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}"
