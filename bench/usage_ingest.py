@@ -24,6 +24,7 @@ import resource
 import secrets
 import time
 from datetime import timedelta
+from pathlib import Path
 
 from bench.probe_sweep import create_database, start_sandbox
 
@@ -73,7 +74,7 @@ def main():
         control.register(admin_secret, organization=org.openai_org_id)
         control.set_usage(admin_secret, keys=plan_keys, models=MODELS[: args.models], seed="bench")
         del admin_secret
-        run(args, org)
+        run(args, org, sandbox.pid)
     finally:
         sandbox.terminate()
         sandbox.wait(10)
@@ -109,7 +110,13 @@ def seed(args):
     return org, plan, admin_secret
 
 
-def run(args, org):
+def cpu_seconds(pid):
+    """User + system CPU seconds a process has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(args, org, sandbox_pid):
     from django.db import connection
     from django.utils import timezone
 
@@ -144,29 +151,39 @@ def run(args, org):
             store_seconds.append(time.monotonic() - started)
 
     ingest.store = timed_store
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend_pid = cursor.fetchone()[0]
     figures = []
     for label in ("first ingest", "re-ingest"):
         before, writes_before = rows(), xact_writes()
         profiler = cProfile.Profile() if args.profile else None
         started, cpu_started = time.monotonic(), time.process_time()
+        others_started = cpu_seconds(sandbox_pid), cpu_seconds(backend_pid)
         if profiler:
             profiler.enable()
         summary = ingest.ingest_organization(org, since, until, endpoints=endpoints)
         wall, cpu = time.monotonic() - started, time.process_time() - cpu_started
+        sandbox_cpu = cpu_seconds(sandbox_pid) - others_started[0]
+        postgres_cpu = cpu_seconds(backend_pid) - others_started[1]
         if profiler:
             profiler.disable()
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
         if summary.failed:
             raise SystemExit(f"{label} failed: {summary.failed}")
         total = summary.total()
-        figures.append((label, wall, cpu, store_seconds.pop(), total, rows() - before, xact_writes() - writes_before))
+        cpus = (cpu, sandbox_cpu, postgres_cpu)
+        figures.append((label, wall, cpus, store_seconds.pop(), total, rows() - before, xact_writes() - writes_before))
 
     print(f"window                    {args.days} days × {args.keys} keys × {args.models} models")
     print(f"endpoints                 {', '.join(str(e) for e in endpoints)}")
     print(f"load average at the end   {' '.join(f'{x:.2f}' for x in os.getloadavg())}  (2 cores shared)")
-    for label, wall, cpu, stored, total, new_rows, written in figures:
+    for label, wall, (cpu, sandbox_cpu, postgres_cpu), stored, total, new_rows, written in figures:
         print(f"{label:<26}{wall:.2f} s  {total.results:,} rows read  {total.results / wall:,.0f} rows/s")
-        print(f"{'':<26}fetching {wall - stored:.2f} s, storing {stored:.2f} s; this process's CPU {cpu:.2f} s")
+        print(
+            f"{'':<26}CPU: console {cpu:.2f} s, sandbox API {sandbox_cpu:.2f} s, PostgreSQL backend "
+            f"{postgres_cpu:.2f} s; storing (overlapping the fetch) {stored:.2f} s"
+        )
         print(
             f"{'':<26}created {total.created:,}  updated {total.updated:,}  unchanged {total.unchanged:,}  "
             f"new rows {new_rows:,}  rows written (PostgreSQL) {written:,}"

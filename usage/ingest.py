@@ -31,6 +31,8 @@ only (organizations never ingested, or retrying after a failure, get their full 
 
 import asyncio
 import logging
+import queue
+import threading
 from collections import defaultdict
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -238,10 +240,13 @@ async def fetch_endpoint(pool, target, endpoint, since, until, breaker, limit):
     return pages, failure
 
 
-async def fetch_all(target, since, until, breaker, endpoints):
+async def fetch_all(target, since, until, breaker, endpoints, on_endpoint=None, stop=None):
     """Every endpoint's pages for the window, in order, as [(endpoint, [body, …]), …], and
     the IngestFailure that stopped it (None if none did). Pages fetched before a failure
-    are returned too. Never raises for upstream trouble.
+    are returned too. Never raises for upstream trouble. `on_endpoint(endpoint, pages)`,
+    when given, is called as each endpoint's pages are complete (and the pages are then
+    not kept in the returned list); a set `stop` event ends the walk before the next
+    endpoint.
 
     A page too big for the pool's response cap is asked for again with half as many
     buckets per page (the endpoint starts over), down to one day per page; a single day
@@ -250,16 +255,56 @@ async def fetch_all(target, since, until, breaker, endpoints):
     async with upstream.Pool(max_body_bytes=settings.USAGE_MAX_BODY_BYTES) as pool:
         days = max(-(-(until - since) // timedelta(days=1)), 1)
         for endpoint in endpoints:
+            if stop is not None and stop.is_set():
+                break
             limit = min(PAGE_LIMIT, days)
             while True:
                 pages, failure = await fetch_endpoint(pool, target, endpoint, since, until, breaker, limit)
                 if failure is None or not failure.oversized or limit == 1:
                     break
                 limit //= 2
-            fetched.append((endpoint, pages))
+            if on_endpoint is None:
+                fetched.append((endpoint, pages))
+            else:
+                on_endpoint(endpoint, pages)
             if failure is not None:
                 break
     return fetched, failure
+
+
+def fetch_and_store(organization, target, since, until, breaker, endpoints, now):
+    """Fetch the endpoints in a background thread while this one stores each endpoint as
+    soon as its pages are complete: the database writes of one endpoint overlap the
+    fetching of the next. Returns ({endpoint: Counts}, the IngestFailure or None). The
+    thread touches no database; a store that raises stops it before its next endpoint
+    and is raised here once it has finished."""
+    ready, stop, outcome = queue.Queue(), threading.Event(), {}
+
+    def fetch():
+        try:
+            outcome["result"] = asyncio.run(
+                fetch_all(target, since, until, breaker, endpoints, lambda e, p: ready.put((e, p)), stop)
+            )
+        except BaseException as e:  # noqa: BLE001 — raised again in the storing thread
+            outcome["error"] = e
+        finally:
+            ready.put(None)
+
+    thread = threading.Thread(target=fetch, name=f"usage-fetch-{organization.slug}", daemon=True)
+    thread.start()
+    counts = {}
+    try:
+        while (item := ready.get()) is not None:
+            counts.update(store(organization, [item], now))
+    finally:
+        stop.set()
+        while thread.is_alive():  # drain, so the thread never blocks on a full queue
+            thread.join(0.05)
+        while not ready.empty():
+            ready.get_nowait()
+    if "error" in outcome:
+        raise outcome["error"]
+    return counts, outcome["result"][1]
 
 
 # --- rows -------------------------------------------------------------------------------
@@ -567,22 +612,24 @@ def ingest_organization(organization, since, until, now=None, endpoints=None):
     summary = Summary()
     host = upstream.host_of(key.provider, key.base_url, key.azure_endpoint)
     breakers = Breakers.load({host}, now=now)
-    fetched, failure = [], None
+    stored, failure = {}, None
     try:
         secret = key.reveal_secret()
         try:
-            fetched, failure = asyncio.run(
-                fetch_all(target_for(key, secret), since, until, breakers[host], endpoints or [*ENDPOINTS, COSTS])
-            )
+            target = target_for(key, secret)
         finally:
             del secret
+        stored, failure = fetch_and_store(
+            organization, target, since, until, breakers[host], endpoints or [*ENDPOINTS, COSTS], now
+        )
+        del target
     except crypto.DecryptionError as e:
         failure = IngestFailure(Outcome.DECRYPTION_FAILED, str(e)[:500])
     finally:
         # Whatever happened, what this run saw of the host (or a trial it won and never
         # sent) goes back to the shared circuit.
         breakers.save(now=timezone.now())
-    for name, counts in store(organization, fetched, now).items():
+    for name, counts in stored.items():
         summary.endpoints[name].add(counts)
     if failure is None:
         record_success(state, until, now)
