@@ -50,6 +50,10 @@ def main():
     os.environ["CONSOLE_ALLOWED_API_HOSTS"] = f"127.0.0.1:{args.port}"  # plain http to the loopback sandbox
     os.environ["LOG_LEVEL"] = "WARNING"
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/12")
+    # The sandbox builds a whole page before answering: a 31-day costs page at full size
+    # is 186,000 results (~37 MB), which on a busy 2-core machine can take longer than
+    # the 10 s production default to start arriving.
+    os.environ.setdefault("UPSTREAM_READ_TIMEOUT", "120")
     os.environ.setdefault("DEBUG", "false")
     os.environ.setdefault("SECRET_KEY", "bench-" + os.urandom(24).hex())
     os.environ.setdefault("CONSOLE_ENCRYPTION_KEYS", "v1:" + base64.urlsafe_b64encode(os.urandom(32)).decode())

@@ -355,18 +355,21 @@ def test_an_empty_month_and_no_budget_still_draw():
 # --- the usage and cost lists -------------------------------------------------------------------
 def usage(org, n_keys, project=None, first=0):
     UsageBucket.objects.bulk_create(
-        UsageBucket(
-            organization=org,
-            project=project if i % 2 == 0 else None,
-            endpoint="completions",
-            start_time=day(1 + i % 27),
-            end_time=day(2 + i % 27),
-            upstream_project_id=project.openai_project_id if i % 2 == 0 else f"proj_Unreg{i:06d}",
-            upstream_key_id=f"key_Bulk{i:08d}",
-            model=f"model-{i % 3}",
-            num_model_requests=1,
-        )
-        for i in range(first, first + n_keys)
+        (
+            UsageBucket(
+                organization=org,
+                project=project if i % 2 == 0 else None,
+                endpoint="completions",
+                start_time=day(1 + i % 27),
+                end_time=day(2 + i % 27),
+                upstream_project_id=project.openai_project_id if i % 2 == 0 else f"proj_Unreg{i:06d}",
+                upstream_key_id=f"key_Bulk{i:08d}",
+                model=f"model-{i % 3}",
+                num_model_requests=1,
+            )
+            for i in range(first, first + n_keys)
+        ),
+        batch_size=5000,
     )
 
 
@@ -411,27 +414,46 @@ def test_the_cost_list_filters_by_line_item_and_unregistered(admin_client, books
     assert admin_client.get(url, {"key": "key_WithinKey00001"}).context["cl"].result_count == 2
 
 
+def costs(org, n, project=None, first=0):
+    CostBucket.objects.bulk_create(
+        (
+            CostBucket(
+                organization=org,
+                project=project if i % 2 == 0 else None,
+                start_time=day(1 + i % 27),
+                end_time=day(2 + i % 27),
+                upstream_project_id=project.openai_project_id if i % 2 == 0 else f"proj_Unreg{i:06d}",
+                upstream_key_id=f"key_Bulk{i:08d}",
+                line_item=f"item {i % 4}",
+                amount=1,
+            )
+            for i in range(first, first + n)
+        ),
+        batch_size=5000,
+    )
+
+
+BOUNDED = [
+    {},
+    {"registered": "no", "start_time__year": "2026"},
+    {"project": "Chatbot", "start_time__year": "2026", "start_time__month": "11"},
+    {"key": "key_Bulk00000003"},
+    {"organization__id__exact": "ORG", "o": "1"},
+]
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize("model", ["usagebucket", "costbucket"])
-def test_the_usage_lists_are_query_bounded_and_list_no_key_or_project(admin_client, org, project, model):
+def test_the_usage_lists_are_query_bounded_at_50000_rows_and_list_no_key_or_project(admin_client, org, project, model):
     url = reverse(f"admin:usage_{model}_changelist")
-    params = {"registered": "no", "start_time__year": "2026"}
-    usage(org, 10, project)
-    few = list_queries(admin_client, url, params)
-    usage(org, 3000, project, first=10)
-    CostBucket.objects.bulk_create(
-        CostBucket(
-            organization=org,
-            start_time=day(1 + i % 27),
-            end_time=day(2 + i % 27),
-            upstream_project_id=f"proj_Unreg{i:06d}",
-            upstream_key_id=f"key_Bulk{i:08d}",
-            line_item=f"item {i % 4}",
-            amount=1,
-        )
-        for i in range(3000)
-    )
-    assert list_queries(admin_client, url, params) == few
+    add = usage if model == "usagebucket" else costs
+    params = [{k: (org.pk if v == "ORG" else v) for k, v in p.items()} for p in BOUNDED]
+    add(org, 10, project)
+    few = [list_queries(admin_client, url, p) for p in params]
+    add(org, 49_990, project, first=10)
+    assert admin.site._registry[UsageBucket if model == "usagebucket" else CostBucket].model.objects.count() == 50_000
+    assert [list_queries(admin_client, url, p) for p in params] == few
     html = admin_client.get(url).content.decode()
-    assert "key_Bulk00002999" not in html.split('id="changelist-filter"')[1]  # no list of keys to pick from
-    assert html.count("<option") < 50
+    filters = html.split('id="changelist-filter"')[1]
+    assert "key_Bulk00049999" not in filters and "proj_Unreg049999" not in filters  # nothing listed per row
+    assert filters.count("<li") < 60 and html.count("<option") < 50
