@@ -457,3 +457,10 @@ def test_the_usage_lists_are_query_bounded_at_50000_rows_and_list_no_key_or_proj
     filters = html.split('id="changelist-filter"')[1]
     assert "key_Bulk00049999" not in filters and "proj_Unreg049999" not in filters  # nothing listed per row
     assert filters.count("<li") < 60 and html.count("<option") < 50
+
+
+@pytest.mark.django_db
+def test_an_organization_without_spend_this_month_says_so_instead_of_an_empty_chart(admin_client, org):
+    cost(org, "50", day(31, 10), upstream_project_id="proj_LastMonth0001")  # last month only
+    html = admin_client.get(reverse("admin:accounts_organization_change", args=[org.pk])).content.decode()
+    assert "No billed spend this month yet." in html and 'class="spend-chart"' not in html

@@ -328,9 +328,10 @@ class OrganizationAdmin(SpendColumns, keys_admin.OrganizationAdmin):
     @admin.display(description="spend per project this month")
     def spend_by_project(self, org):
         at = now()
-        return charts.totals_chart(
-            spend_columns.project_totals(org, at), f"{org.name}: billed spend per project, {at:%B %Y}"
-        )
+        totals = spend_columns.project_totals(org, at)
+        if not totals:
+            return "No billed spend this month yet."
+        return charts.totals_chart(totals, f"{org.name}: billed spend per project, {at:%B %Y}")
 
 
 @admin.register(Project)
