@@ -1,6 +1,7 @@
-"""usage/ingest.py's bulk upsert on PostgreSQL: new rows COPYed in, changed rows merged
-through a temporary table, unchanged rows never written — and a row stored by another run
-between the compare and the write merged, never duplicated nor an error."""
+"""usage/ingest.py's performance changes: the bulk upsert on PostgreSQL (new rows COPYed
+in, changed rows merged through a temporary table, unchanged rows never written, a row
+stored by another run between the compare and the write merged — never duplicated nor an
+error), and the fetch that runs ahead of the store (a failed store stops it)."""
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -8,8 +9,9 @@ from decimal import Decimal
 import pytest
 from django.db import connection
 
+from tests.test_usage_ingest import admin_key, requests_at_sandbox, window  # noqa: F401
 from usage import ingest
-from usage.models import CostBucket, UsageBucket
+from usage.models import CostBucket, Endpoint, UsageBucket
 
 DAY = datetime(2026, 11, 2, tzinfo=UTC)
 
@@ -103,3 +105,31 @@ def test_a_row_stored_by_another_run_meanwhile_is_merged_not_duplicated(org, pro
     # And the same blind write of the same values changes nothing either.
     ingest.upsert(UsageBucket, org, usage(7), scope={"endpoint": "embeddings"})
     assert UsageBucket.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_failed_store_stops_the_fetch_before_the_next_endpoint(
+    org,
+    admin_key,  # noqa: F811
+    sandbox,
+    settings,
+    monkeypatch,
+):
+    settings.OPENAI_BASE_URL = sandbox.openai_url
+    _, hint = admin_key(org)
+    since, until = window(3)  # one page per endpoint
+    stored = []
+
+    def store_then_fail(organization, fetched, now):
+        stored.extend(endpoint for endpoint, _ in fetched)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ingest, "store", store_then_fail)
+    endpoints = [Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS, Endpoint.MODERATIONS, ingest.COSTS]
+    with pytest.raises(RuntimeError, match="disk full"):
+        ingest.ingest_organization(org, since, until, endpoints=endpoints)
+    assert stored == [Endpoint.COMPLETIONS]
+    # Counted at the sandbox: the completions page, at most the one page already on its way
+    # when the store failed — never the rest.
+    assert 1 <= requests_at_sandbox(sandbox, hint) <= 2
+    assert UsageBucket.objects.count() == 0 and CostBucket.objects.count() == 0

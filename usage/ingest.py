@@ -297,11 +297,8 @@ def fetch_and_store(organization, target, since, until, breaker, endpoints, now)
         while (item := ready.get()) is not None:
             counts.update(store(organization, [item], now))
     finally:
-        stop.set()
-        while thread.is_alive():  # drain, so the thread never blocks on a full queue
-            thread.join(0.05)
-        while not ready.empty():
-            ready.get_nowait()
+        stop.set()  # after a failed store: no further endpoint is fetched
+        thread.join()
     if "error" in outcome:
         raise outcome["error"]
     return counts, outcome["result"][1]
