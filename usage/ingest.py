@@ -489,6 +489,10 @@ def upsert(model, organization, rows, scope=None):
     return counts
 
 
+# PostgreSQL type names as Django declares them → as the driver knows them.
+COPY_TYPES = {"bigint": "int8", "integer": "int4", "smallint": "int2", "timestamp with time zone": "timestamptz"}
+
+
 def _copy_into(cursor, model, table, rows):
     """COPY `rows` (column dicts of `model`) into `table`, which has `model`'s columns."""
     fields = [f for f in model._meta.concrete_fields if not f.primary_key]
@@ -497,6 +501,8 @@ def _copy_into(cursor, model, table, rows):
     attnames = [f.attname for f in fields]
     # Django translates the driver's errors around execute() only: here too (IntegrityError).
     with connection.wrap_database_errors, cursor.copy(f"COPY {quote(table)} ({columns}) FROM STDIN") as copy:
+        # Declared column types: the driver picks each column's dumper once, not per value.
+        copy.set_types([COPY_TYPES.get(t, t) for t in (f.db_type(connection).split("(")[0] for f in fields)])
         for row in rows:
             copy.write_row([row[a] for a in attnames])
     return columns
