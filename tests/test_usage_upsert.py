@@ -133,3 +133,26 @@ def test_a_failed_store_stops_the_fetch_before_the_next_endpoint(
     # when the store failed — never the rest.
     assert 1 <= requests_at_sandbox(sandbox, hint) <= 2
     assert UsageBucket.objects.count() == 0 and CostBucket.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_pages_stored_as_they_arrive_are_counted_once_even_when_the_walk_restarts(
+    org,
+    admin_key,  # noqa: F811
+    sandbox,
+    settings,
+):
+    """A 31-day page over the response cap makes the endpoint start over with fewer days a
+    page; the pages stored one by one add up to each bucket and row exactly once."""
+    settings.OPENAI_BASE_URL = sandbox.openai_url
+    settings.USAGE_MAX_BODY_BYTES = 256 * 1024
+    many = [(f"key_Many{i:08d}", "proj_Many00000001") for i in range(40)]  # 80 rows a day
+    admin_key(org, keys=many)
+    since, until = window(31)
+    summary = ingest.ingest_organization(org, since, until, endpoints=[Endpoint.COMPLETIONS, ingest.COSTS])
+    completions, costs = summary.endpoints["completions"], summary.endpoints["costs"]
+    assert (completions.buckets, completions.results, completions.created) == (31, 31 * 80, 31 * 80)
+    assert (costs.buckets, costs.results, costs.created) == (31, 31 * 160, 31 * 160)
+    assert UsageBucket.objects.count() == 31 * 80 and CostBucket.objects.count() == 31 * 160
+    again = ingest.ingest_organization(org, since, until, endpoints=[Endpoint.COMPLETIONS, ingest.COSTS])
+    assert again.endpoints["completions"].unchanged == 31 * 80 and again.total().created == 0

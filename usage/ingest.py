@@ -215,9 +215,11 @@ def is_oversized(reply):
     return reply.outcome == Outcome.OK and reply.body is None
 
 
-async def fetch_endpoint(pool, target, endpoint, since, until, breaker, limit):
+async def fetch_endpoint(pool, target, endpoint, since, until, breaker, limit, on_page=None, stop=None):
     """One endpoint's pages for the window, and the IngestFailure that stopped it (or
-    None). Pages fetched before a failure are returned too."""
+    None). Pages fetched before a failure are returned too — or, with `on_page`, handed
+    to it one by one as they arrive (and not returned). A set `stop` event ends the walk
+    before the next page."""
     pages, failure = [], None
     walk = pool.paginate(
         target, page_fetcher(endpoint, since, until, breaker, limit), style="page", max_pages=settings.USAGE_MAX_PAGES
@@ -230,7 +232,12 @@ async def fetch_endpoint(pool, target, endpoint, since, until, breaker, limit):
                     failure = failure_from_reply(endpoint, reply)
                     failure.oversized = is_oversized(reply)
                     break
-                pages.append(reply.body)
+                if on_page is None:
+                    pages.append(reply.body)
+                else:
+                    on_page(reply.body)
+                if stop is not None and stop.is_set():
+                    break
     except PaginationError as e:
         failure = IngestFailure("pagination_error", upstream.scrub(f"{endpoint}: {e}"), endpoint=endpoint)
     except CircuitOpen as e:
@@ -240,17 +247,19 @@ async def fetch_endpoint(pool, target, endpoint, since, until, breaker, limit):
     return pages, failure
 
 
-async def fetch_all(target, since, until, breaker, endpoints, on_endpoint=None, stop=None):
+async def fetch_all(target, since, until, breaker, endpoints, on_pages=None, stop=None):
     """Every endpoint's pages for the window, in order, as [(endpoint, [body, …]), …], and
     the IngestFailure that stopped it (None if none did). Pages fetched before a failure
-    are returned too. Never raises for upstream trouble. `on_endpoint(endpoint, pages)`,
-    when given, is called as each endpoint's pages are complete (and the pages are then
-    not kept in the returned list); a set `stop` event ends the walk before the next
-    endpoint.
+    are returned too. Never raises for upstream trouble.
+
+    With `on_pages(endpoint, [body])`, each page is handed over as soon as it has arrived
+    instead (nothing is returned in the list), and every endpoint walked is handed over at
+    least once (`[]` when it had no buckets), so its counts exist; a set `stop` event
+    ends the walk before the next page.
 
     A page too big for the pool's response cap is asked for again with half as many
     buckets per page (the endpoint starts over), down to one day per page; a single day
-    still too big is a failure."""
+    still too big is a failure. Buckets already handed over are not handed over again."""
     fetched, failure = [], None
     async with upstream.Pool(max_body_bytes=settings.USAGE_MAX_BODY_BYTES) as pool:
         days = max(-(-(until - since) // timedelta(days=1)), 1)
@@ -258,26 +267,38 @@ async def fetch_all(target, since, until, breaker, endpoints, on_endpoint=None, 
             if stop is not None and stop.is_set():
                 break
             limit = min(PAGE_LIMIT, days)
+            handed = {"until": None, "any": False}  # the last bucket start handed over
+
+            def hand_over(body, endpoint=endpoint, handed=handed):
+                buckets = body["data"]
+                if handed["until"] is not None:
+                    buckets = [b for b in buckets if b["start_time"] > handed["until"]]
+                if buckets:
+                    on_pages(endpoint, [{**body, "data": buckets}])
+                    handed["until"], handed["any"] = max(b["start_time"] for b in buckets), True
+
             while True:
-                pages, failure = await fetch_endpoint(pool, target, endpoint, since, until, breaker, limit)
+                pages, failure = await fetch_endpoint(
+                    pool, target, endpoint, since, until, breaker, limit, hand_over if on_pages else None, stop
+                )
                 if failure is None or not failure.oversized or limit == 1:
                     break
                 limit //= 2
-            if on_endpoint is None:
+            if on_pages is None:
                 fetched.append((endpoint, pages))
-            else:
-                on_endpoint(endpoint, pages)
+            elif not handed["any"]:
+                on_pages(endpoint, [])
             if failure is not None:
                 break
     return fetched, failure
 
 
 def fetch_and_store(organization, target, since, until, breaker, endpoints, now):
-    """Fetch the endpoints in a background thread while this one stores each endpoint as
-    soon as its pages are complete: the database writes of one endpoint overlap the
-    fetching of the next. Returns ({endpoint: Counts}, the IngestFailure or None). The
-    thread touches no database; a store that raises stops it before its next endpoint
-    and is raised here once it has finished."""
+    """Fetch the pages in a background thread while this one stores each page as soon as
+    it has arrived: the database writes of one page overlap the fetching of the next.
+    Returns ({endpoint: Counts}, the IngestFailure or None). The thread touches no
+    database; a store that raises stops it before its next page and is raised here once
+    it has finished."""
     ready, stop, outcome = queue.Queue(), threading.Event(), {}
 
     def fetch():
@@ -292,16 +313,17 @@ def fetch_and_store(organization, target, since, until, breaker, endpoints, now)
 
     thread = threading.Thread(target=fetch, name=f"usage-fetch-{organization.slug}", daemon=True)
     thread.start()
-    counts = {}
+    counts = defaultdict(Counts)
     try:
         while (item := ready.get()) is not None:
-            counts.update(store(organization, [item], now))
+            for name, page_counts in store(organization, [item], now).items():
+                counts[name].add(page_counts)
     finally:
-        stop.set()  # after a failed store: no further endpoint is fetched
+        stop.set()  # after a failed store: no further page is fetched
         thread.join()
     if "error" in outcome:
         raise outcome["error"]
-    return counts, outcome["result"][1]
+    return dict(counts), outcome["result"][1]
 
 
 # --- rows -------------------------------------------------------------------------------
