@@ -10,7 +10,9 @@ For one organization with an active admin key (`ingest_organization`):
 2. Each page's results become rows keyed by their natural key (models.UsageBucket /
    CostBucket.NATURAL_KEY) and are upserted in bulk: rows that are new are created, rows
    whose values differ are updated, the rest are left alone and counted "unchanged".
-   Re-running any window writes nothing.
+   Re-running any window writes nothing. A page is stored as soon as it has arrived,
+   while a background thread fetches the next (`fetch_and_store`); on PostgreSQL rows
+   are written with COPY (`upsert`; docs/PERFORMANCE.md has the figures).
 3. Upstream ids map to local projects (`openai_project_id`) and keys
    (`upstream_key_id`) of the organization; ids not registered here stay with their
    upstream id and no local link ("unregistered").
