@@ -23,6 +23,9 @@ def add_periodic_tasks(sender, **kwargs):
     # hourly refresh reads today and retries organizations whose backoff has passed.
     sender.add_periodic_task(24 * 3600, sender.signature("usage.tasks.ingest_all"), name="usage ingest")
     sender.add_periodic_task(3600, sender.signature("usage.tasks.refresh_today"), name="usage refresh today")
+    # Budgets (usage/alerts.py) hourly and after each ingest; the alert outbox every minute.
+    sender.add_periodic_task(3600, sender.signature("usage.tasks.evaluate_budgets"), name="evaluate budgets")
+    sender.add_periodic_task(60, sender.signature("accounts.tasks.deliver_notifications"), name="deliver notifications")
 
 
 from . import startup  # noqa: E402,F401  connects the worker start-up check (refuse to start on bad config)

@@ -293,6 +293,16 @@ USAGE_BACKFILL_DAYS = env.int("USAGE_BACKFILL_DAYS", default=30)
 # probes keep their own 256 KiB cap (console.upstream.MAX_BODY_BYTES).
 USAGE_MAX_BODY_BYTES = env.int("USAGE_MAX_BODY_BYTES", default=64 * 1024 * 1024)
 
+# --- Budget alerts and their delivery (usage/alerts.py, accounts/notifications.py)
+# Attempts at delivering one alert (email and webhook, each until it succeeds) before
+# giving up; the wait after the n-th failed attempt is BACKOFF × 2^(n-1), at most a day.
+NOTIFICATION_MAX_ATTEMPTS = env.int("NOTIFICATION_MAX_ATTEMPTS", default=8)
+NOTIFICATION_BACKOFF_SECONDS = env.int("NOTIFICATION_BACKOFF_SECONDS", default=60)
+NOTIFICATION_WEBHOOK_TIMEOUT_SECONDS = env.float("NOTIFICATION_WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+# Outgoing email: smtp://user:pass@host:587 (smtp+tls://, smtps://), consolemail:// prints it.
+vars().update(env.email_url("EMAIL_URL", default="smtp://localhost:25"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="openai-console@localhost")
+
 # --- Sandbox API (sandbox/)
 SANDBOX_PORT = env.int("SANDBOX_PORT", default=8100)
 

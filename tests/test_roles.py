@@ -18,7 +18,7 @@ from django.urls import reverse
 from accounts.models import AuditEvent, Organization, Project, Tier
 from keys import formats
 from keys.models import ApiKey, Circuit, CircuitState, ProbeResult
-from usage.models import CostBucket, IngestState, UsageBucket
+from usage.models import BudgetAlert, CostBucket, IngestState, ModelPrice, UsageBucket
 
 # model label → (search and filter on its changelist, expected result count, actions)
 CHANGELISTS = {
@@ -70,9 +70,18 @@ CHANGELISTS = {
         ["delete_selected"],
     ),
     "usage.ingeststate": ({"q": "Acme", "last_outcome__exact": "ok"}, 1, ["delete_selected"]),
+    "usage.modelprice": ({"q": "gpt-4o-mini"}, 1, ["delete_selected"]),
+    "usage.budgetalert": ({"q": "Acme", "kind__exact": "threshold"}, 1, ["delete_selected"]),
 }
 # What console admins may write; the rest they may only view.
-ADMIN_WRITES = {"accounts.organization", "accounts.project", "accounts.tier", "keys.apikey", "keys.circuit"}
+ADMIN_WRITES = {
+    "accounts.organization",
+    "accounts.project",
+    "accounts.tier",
+    "keys.apikey",
+    "keys.circuit",
+    "usage.modelprice",
+}
 # What nobody may write, superusers included.
 NOBODY_WRITES = {
     "accounts.auditevent",
@@ -80,6 +89,7 @@ NOBODY_WRITES = {
     "usage.usagebucket",
     "usage.costbucket",
     "usage.ingeststate",
+    "usage.budgetalert",
 }
 # What nobody may add by hand: circuits are made by the breaker, one per API host.
 NOBODY_ADDS = {"keys.circuit"}
@@ -157,6 +167,9 @@ def world(admin_user, make_key):
         amount=1,
     )
     IngestState.objects.create(organization=key.organization, last_outcome="ok")
+    BudgetAlert.objects.create(
+        organization=key.organization, threshold=50, month=day.date().replace(day=1), spend_usd=5, budget_usd=10
+    )
     return {
         "accounts.organization": key.organization,
         "accounts.project": key.project,
@@ -168,6 +181,8 @@ def world(admin_user, make_key):
         "usage.usagebucket": UsageBucket.objects.get(),
         "usage.costbucket": CostBucket.objects.get(),
         "usage.ingeststate": IngestState.objects.get(),
+        "usage.modelprice": ModelPrice.objects.get(model="gpt-4o-mini"),
+        "usage.budgetalert": BudgetAlert.objects.get(),
     }
 
 
@@ -230,6 +245,8 @@ def snapshot():
         UsageBucket,
         CostBucket,
         IngestState,
+        ModelPrice,
+        BudgetAlert,
     ]
     return {m.__name__: sorted(map(repr, m.objects.order_by("pk").values())) for m in models}
 
@@ -263,6 +280,30 @@ def test_each_role_gets_exactly_its_rights_on_each_admin_url(client_as, world, r
     if want in ("login", 403) or (want == 200 and method == "GET"):
         # Refused (or only looked): the effect is nothing at all, not just a status code.
         assert snapshot() == before
+
+
+# Pages that only read: every staff role may look (a POST is not allowed), nobody changes anything.
+READ_ONLY_PAGES = {
+    "admin:usage_estimate_cost": {"model": "gpt-4o-mini", "input_tokens": "1000", "output_tokens": "10"},
+    "admin:usage_reconciliation": {"months": "3"},
+}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize("page", list(READ_ONLY_PAGES))
+@pytest.mark.parametrize("role", ROLES)
+def test_each_role_gets_exactly_its_rights_on_each_read_only_page(client_as, world, role, page, method):
+    client = client_as(role)
+    before = snapshot()
+    send = client.get if method == "GET" else client.post
+    response = send(reverse(page), READ_ONLY_PAGES[page])
+    if role in ("outsider", "anonymous"):
+        assert response.status_code == 302
+        assert response.url.startswith(reverse("admin:login"))
+    else:
+        assert response.status_code == (200 if method == "GET" else 405)
+    assert snapshot() == before
 
 
 @pytest.mark.django_db

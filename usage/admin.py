@@ -409,3 +409,7 @@ class ApiKeyAdmin(keys_admin.ApiKeyAdmin):
         at = now()
         total = ApiKey.objects.filter(pk=key.pk).annotate(spend=spend_columns.billed_in_month("key", at))
         return charts.usd(total.values_list("spend", flat=True).get())
+
+
+# Model prices, budget alerts and the estimate / reconciliation pages.
+from . import price_admin  # noqa: E402,F401

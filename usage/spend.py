@@ -6,6 +6,11 @@ scope, the spend is estimated from that day's usage buckets × model prices
 (usage/prices.py) and labelled estimated. A day with cost rows is billed only: its usage
 is never added on top. The rules that judge the spend are in usage/budgets.py.
 
+Only token usage is priced (completions, embeddings: input, cached input and output
+tokens); images, audio, vector-store bytes and code-interpreter sessions have no price
+here and count nothing on an estimated day. Models without a price are named in
+`Spend.unpriced_models`.
+
 Scope: an organization's spend is all its buckets (projects registered here or not); a
 project's is the buckets linked to it (usage/ingest.py links them by upstream id).
 """

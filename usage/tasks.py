@@ -8,7 +8,7 @@ import logging
 
 from celery import shared_task
 
-from . import ingest
+from . import alerts, ingest
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ def _log(name, summary):
 def ingest_all():
     """Beat, daily: every organization with an admin key, trailing window re-read."""
     _log("usage ingest", ingest.run_scheduled("daily"))
+    evaluate_budgets()  # inline: the spend just ingested is judged now
 
 
 @shared_task(name="usage.tasks.refresh_today", acks_late=True, ignore_result=True)
@@ -39,3 +40,12 @@ def refresh_today():
     """Beat, hourly: today's buckets; failed organizations due for a retry get their
     whole window."""
     _log("usage refresh", ingest.run_scheduled("today"))
+    evaluate_budgets()  # inline: the spend just ingested is judged now
+
+
+@shared_task(name="usage.tasks.evaluate_budgets", acks_late=True, ignore_result=True)
+def evaluate_budgets():
+    """Beat, hourly, and after each ingest: raise the budget alerts spend calls for (each
+    once: usage/alerts.py). Idempotent."""
+    summary = alerts.evaluate()
+    log.info("budgets: %d scopes evaluated, %d alerts raised", summary.scopes, len(summary.raised))
