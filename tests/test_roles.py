@@ -33,9 +33,19 @@ from usage.models import BudgetAlert, CostBucket, IngestState, ModelPrice, Usage
 
 # model label → (search and filter on its changelist, expected result count, actions)
 CHANGELISTS = {
-    "accounts.organization": ({"q": "Acme", "rotation_policy_days": "90"}, 1, ["delete_selected"]),
+    "accounts.organization": (
+        {"q": "Acme", "rotation_policy_days": "90", "budget_state": "none"},
+        1,
+        ["delete_selected"],
+    ),
     "accounts.project": (
-        {"q": "Chatbot", "environment__exact": "development", "archived": "no", "tier__id__exact": "TIER"},
+        {
+            "q": "Chatbot",
+            "environment__exact": "development",
+            "archived": "no",
+            "tier__id__exact": "TIER",
+            "budget_state": "none",
+        },
         1,
         ["delete_selected"],
     ),
@@ -57,11 +67,27 @@ CHANGELISTS = {
     "keys.proberesult": ({"q": "req_roles_1", "outcome__exact": "ok"}, 1, ["delete_selected"]),
     "keys.circuit": ({"q": "api.openai.com", "state__exact": "open"}, 1, ["close_selected", "delete_selected"]),
     "usage.usagebucket": (
-        {"q": "gpt-4o-mini", "endpoint__exact": "completions", "registered": "yes"},
+        {
+            "q": "gpt-4o-mini",
+            "endpoint__exact": "completions",
+            "registered": "yes",
+            "project": "Chatbot",
+            "key": "key_Roles000001",
+            "model": "gpt-4o-mini",
+        },
         1,
         ["delete_selected"],
     ),
-    "usage.costbucket": ({"q": "key_RolesUnknown01", "registered": "no"}, 1, ["delete_selected"]),
+    "usage.costbucket": (
+        {
+            "q": "key_RolesUnknown01",
+            "registered": "no",
+            "project": "proj_RolesUnknown01",
+            "line_item": "gpt-4o-mini, input",
+        },
+        1,
+        ["delete_selected"],
+    ),
     "usage.ingeststate": ({"q": "Acme", "last_outcome__exact": "ok"}, 1, ["delete_selected"]),
     "usage.modelprice": ({"q": "gpt-4o-mini"}, 1, ["delete_selected"]),
     "usage.budgetalert": ({"q": "Acme", "kind__exact": "threshold"}, 1, ["delete_selected"]),

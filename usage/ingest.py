@@ -10,7 +10,9 @@ For one organization with an active admin key (`ingest_organization`):
 2. Each page's results become rows keyed by their natural key (models.UsageBucket /
    CostBucket.NATURAL_KEY) and are upserted in bulk: rows that are new are created, rows
    whose values differ are updated, the rest are left alone and counted "unchanged".
-   Re-running any window writes nothing.
+   Re-running any window writes nothing. A page is stored as soon as it has arrived,
+   while a background thread fetches the next (`fetch_and_store`); on PostgreSQL rows
+   are written with COPY (`upsert`; docs/PERFORMANCE.md has the figures).
 3. Upstream ids map to local projects (`openai_project_id`) and keys
    (`upstream_key_id`) of the organization; ids not registered here stay with their
    upstream id and no local link ("unregistered").
@@ -31,15 +33,20 @@ only (organizations never ingested, or retrying after a failure, get their full 
 
 import asyncio
 import logging
+import queue
+import threading
 from collections import defaultdict
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from operator import itemgetter
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import BigIntegerField, Q
+from django.db.models.functions import Cast, Extract
 from django.utils import timezone
 
 from accounts.models import Organization
@@ -210,9 +217,11 @@ def is_oversized(reply):
     return reply.outcome == Outcome.OK and reply.body is None
 
 
-async def fetch_endpoint(pool, target, endpoint, since, until, breaker, limit):
+async def fetch_endpoint(pool, target, endpoint, since, until, breaker, limit, on_page=None, stop=None):
     """One endpoint's pages for the window, and the IngestFailure that stopped it (or
-    None). Pages fetched before a failure are returned too."""
+    None). Pages fetched before a failure are returned too — or, with `on_page`, handed
+    to it one by one as they arrive (and not returned). A set `stop` event ends the walk
+    before the next page."""
     pages, failure = [], None
     walk = pool.paginate(
         target, page_fetcher(endpoint, since, until, breaker, limit), style="page", max_pages=settings.USAGE_MAX_PAGES
@@ -225,7 +234,12 @@ async def fetch_endpoint(pool, target, endpoint, since, until, breaker, limit):
                     failure = failure_from_reply(endpoint, reply)
                     failure.oversized = is_oversized(reply)
                     break
-                pages.append(reply.body)
+                if on_page is None:
+                    pages.append(reply.body)
+                else:
+                    on_page(reply.body)
+                if stop is not None and stop.is_set():
+                    break
     except PaginationError as e:
         failure = IngestFailure("pagination_error", upstream.scrub(f"{endpoint}: {e}"), endpoint=endpoint)
     except CircuitOpen as e:
@@ -235,31 +249,87 @@ async def fetch_endpoint(pool, target, endpoint, since, until, breaker, limit):
     return pages, failure
 
 
-async def fetch_all(target, since, until, breaker, endpoints):
+async def fetch_all(target, since, until, breaker, endpoints, on_pages=None, stop=None):
     """Every endpoint's pages for the window, in order, as [(endpoint, [body, …]), …], and
     the IngestFailure that stopped it (None if none did). Pages fetched before a failure
     are returned too. Never raises for upstream trouble.
 
+    With `on_pages(endpoint, [body])`, each page is handed over as soon as it has arrived
+    instead (nothing is returned in the list), and every endpoint walked is handed over at
+    least once (`[]` when it had no buckets), so its counts exist; a set `stop` event
+    ends the walk before the next page.
+
     A page too big for the pool's response cap is asked for again with half as many
     buckets per page (the endpoint starts over), down to one day per page; a single day
-    still too big is a failure."""
+    still too big is a failure. Buckets already handed over are not handed over again."""
     fetched, failure = [], None
     async with upstream.Pool(max_body_bytes=settings.USAGE_MAX_BODY_BYTES) as pool:
         days = max(-(-(until - since) // timedelta(days=1)), 1)
         for endpoint in endpoints:
+            if stop is not None and stop.is_set():
+                break
             limit = min(PAGE_LIMIT, days)
+            handed = {"until": None, "any": False}  # the last bucket start handed over
+
+            def hand_over(body, endpoint=endpoint, handed=handed):
+                buckets = body["data"]
+                if handed["until"] is not None:
+                    buckets = [b for b in buckets if b["start_time"] > handed["until"]]
+                if buckets:
+                    on_pages(endpoint, [{**body, "data": buckets}])
+                    handed["until"], handed["any"] = max(b["start_time"] for b in buckets), True
+
             while True:
-                pages, failure = await fetch_endpoint(pool, target, endpoint, since, until, breaker, limit)
+                pages, failure = await fetch_endpoint(
+                    pool, target, endpoint, since, until, breaker, limit, hand_over if on_pages else None, stop
+                )
                 if failure is None or not failure.oversized or limit == 1:
                     break
                 limit //= 2
-            fetched.append((endpoint, pages))
+            if on_pages is None:
+                fetched.append((endpoint, pages))
+            elif not handed["any"]:
+                on_pages(endpoint, [])
             if failure is not None:
                 break
     return fetched, failure
 
 
+def fetch_and_store(organization, target, since, until, breaker, endpoints, now):
+    """Fetch the pages in a background thread while this one stores each page as soon as
+    it has arrived: the database writes of one page overlap the fetching of the next.
+    Returns ({endpoint: Counts}, the IngestFailure or None). The thread touches no
+    database; a store that raises stops it before its next page and is raised here once
+    it has finished."""
+    ready, stop, outcome = queue.Queue(), threading.Event(), {}
+
+    def fetch():
+        try:
+            outcome["result"] = asyncio.run(
+                fetch_all(target, since, until, breaker, endpoints, lambda e, p: ready.put((e, p)), stop)
+            )
+        except BaseException as e:  # noqa: BLE001 — raised again in the storing thread
+            outcome["error"] = e
+        finally:
+            ready.put(None)
+
+    thread = threading.Thread(target=fetch, name=f"usage-fetch-{organization.slug}", daemon=True)
+    thread.start()
+    counts = defaultdict(Counts)
+    try:
+        while (item := ready.get()) is not None:
+            for name, page_counts in store(organization, [item], now).items():
+                counts[name].add(page_counts)
+    finally:
+        stop.set()  # after a failed store: no further page is fetched
+        thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return dict(counts), outcome["result"][1]
+
+
 # --- rows -------------------------------------------------------------------------------
+@lru_cache(maxsize=4096)
 def _ts(value):
     return datetime.fromtimestamp(value, tz=UTC)
 
@@ -306,38 +376,44 @@ class Directory:
 
 
 def usage_rows(organization, endpoint, pages, directory, now):
-    """UsageBucket rows (unsaved) for the pages of one endpoint, and the bucket count."""
+    """UsageBucket rows for the pages of one endpoint, and the bucket count. A row is a
+    dict of column values by attribute name (`project_id`, `model`, …), not a model
+    instance: building a few hundred thousand instances costs more than writing them."""
     rows, buckets = [], 0
+    endpoint, org_id, counts = str(endpoint), organization.pk, UsageBucket.COUNTS
     for page in pages:
         for bucket in page["data"]:
             buckets += 1
             start, end = _ts(bucket["start_time"]), _ts(bucket["end_time"])
             for r in bucket["results"]:
                 project_id, key_id = _id(r.get("project_id")), _id(r.get("api_key_id"))
-                counts = {name: _count(r.get(name)) for name in UsageBucket.COUNTS}
-                if counts["num_sessions"] is None:
-                    counts["num_sessions"] = _count(r.get("sessions"))  # the spec's older name
-                rows.append(
-                    UsageBucket(
-                        organization=organization,
-                        endpoint=endpoint,
-                        start_time=start,
-                        end_time=end,
-                        upstream_project_id=project_id,
-                        upstream_key_id=key_id,
-                        upstream_user_id=_id(r.get("user_id")),
-                        model=_id(r.get("model"), 200),
-                        project_id=directory.project(project_id),
-                        key_id=directory.key(key_id),
-                        ingested_at=now,
-                        **counts,
-                    )
+                row = {}
+                for name in counts:
+                    value = r.get(name)
+                    row[name] = value if type(value) is int else _count(value)  # an int: as is
+                if row["num_sessions"] is None:
+                    row["num_sessions"] = _count(r.get("sessions"))  # the spec's older name
+                row.update(
+                    organization_id=org_id,
+                    endpoint=endpoint,
+                    start_time=start,
+                    end_time=end,
+                    upstream_project_id=project_id,
+                    upstream_key_id=key_id,
+                    upstream_user_id=_id(r.get("user_id")),
+                    model=_id(r.get("model"), 200),
+                    project_id=directory.project(project_id),
+                    key_id=directory.key(key_id),
+                    ingested_at=now,
                 )
+                rows.append(row)
     return rows, buckets
 
 
 def cost_rows(organization, pages, directory, now):
+    """CostBucket rows (dicts, as usage_rows) for the pages, and the bucket count."""
     rows, buckets = [], 0
+    org_id = organization.pk
     for page in pages:
         for bucket in page["data"]:
             buckets += 1
@@ -346,21 +422,24 @@ def cost_rows(organization, pages, directory, now):
                 project_id, key_id = _id(r.get("project_id")), _id(r.get("api_key_id"))
                 amount = r.get("amount") if isinstance(r.get("amount"), dict) else {}
                 rows.append(
-                    CostBucket(
-                        organization=organization,
-                        start_time=start,
-                        end_time=end,
-                        upstream_project_id=project_id,
-                        upstream_key_id=key_id,
-                        line_item=_id(r.get("line_item"), 200),
-                        amount=to_amount(amount.get("value")),
-                        currency=_id(amount.get("currency"), 10).lower() or "usd",
-                        project_id=directory.project(project_id),
-                        key_id=directory.key(key_id),
-                        ingested_at=now,
-                    )
+                    {
+                        "organization_id": org_id,
+                        "start_time": start,
+                        "end_time": end,
+                        "upstream_project_id": project_id,
+                        "upstream_key_id": key_id,
+                        "line_item": _id(r.get("line_item"), 200),
+                        "amount": to_amount(amount.get("value")),
+                        "currency": _id(amount.get("currency"), 10).lower() or "usd",
+                        "project_id": directory.project(project_id),
+                        "key_id": directory.key(key_id),
+                        "ingested_at": now,
+                    }
                 )
     return rows, buckets
+
+
+TIME_COLUMNS = ("start_time", "end_time")
 
 
 def _column(name):
@@ -368,44 +447,64 @@ def _column(name):
     return f"{name}_id" if name in ("organization", "project", "key") else name
 
 
-def _row_values(row, names):
-    return tuple(getattr(row, _column(name)) for name in names)
+def _getter(names):
+    """A function giving a row's values of `names` as a tuple (itemgetter gives a bare
+    value for one name)."""
+    columns = [_column(n) for n in names]
+    if len(columns) == 1:
+        return lambda row: (row[columns[0]],)
+    return itemgetter(*columns)
 
 
 def upsert(model, organization, rows, scope=None):
-    """Write `rows` (unsaved instances of `model`, all of `organization`) on their natural
-    key. Returns Counts(created, updated, unchanged). Only rows that are new or differ are
-    sent, in one bulk INSERT … ON CONFLICT DO UPDATE per batch (PostgreSQL and SQLite),
-    so a re-read writes nothing and two runs at once cannot duplicate a row."""
+    """Write `rows` (column dicts of `model`, all of `organization`) on their natural key.
+    Returns Counts(created, updated, unchanged). The rows stored for the window's days
+    are read in one query and compared in memory; only rows that are new or differ are
+    sent — on PostgreSQL COPYed into a temporary table and merged with one INSERT …
+    SELECT … ON CONFLICT DO UPDATE (bulk_create's ON CONFLICT elsewhere) — so a re-read
+    writes nothing and two runs at once cannot duplicate a row."""
     counts = Counts(results=len(rows))
     if not rows:
         return counts
+    natural_of, values_of = _getter(model.NATURAL_KEY), _getter(model.VALUES)
     # One row per natural key (a misbehaving API could repeat one; the last wins).
-    by_key = {}
-    for row in rows:
-        by_key[_row_values(row, model.NATURAL_KEY)] = row
+    by_key = {natural_of(row): row for row in rows}
     natural_names = [_column(n) for n in model.NATURAL_KEY]
     value_names = [_column(n) for n in model.VALUES]
+    split = len(natural_names)
     existing = {}
-    starts = {row.start_time for row in by_key.values()}
-    query = model.objects.filter(organization=organization, start_time__in=starts, **(scope or {}))
-    for values in query.values(*natural_names, *value_names).iterator(chunk_size=5000):
-        existing[tuple(values[n] for n in natural_names)] = tuple(values[n] for n in value_names)
-    write = []
+    starts = {row["start_time"] for row in by_key.values()}
+    query = model.objects.filter(organization=organization, start_time__in=starts, **(scope or {})).order_by()
+    # Bucket times come back as epoch seconds (parsing a timestamp per row costs more than
+    # the rest of the compare); the few distinct ones become datetimes through _ts's cache.
+    epochs = {name: f"{name}_epoch" for name in TIME_COLUMNS}
+    query = query.annotate(**{alias: Cast(Extract(name, "epoch"), BigIntegerField()) for name, alias in epochs.items()})
+    names = [epochs.get(n, n) for n in (*natural_names, *value_names)]
+    times = [i for i, n in enumerate((*natural_names, *value_names)) if n in epochs]
+    for values in query.values_list(*names).iterator(chunk_size=10000):
+        values = list(values)
+        for i in times:
+            values[i] = _ts(values[i])
+        existing[tuple(values[:split])] = tuple(values[split:])
+    new, changed = [], []
     for nk, row in by_key.items():
         old = existing.get(nk)
         if old is None:
-            counts.created += 1
-            write.append(row)
-        elif old != _row_values(row, model.VALUES):
-            counts.updated += 1
-            write.append(row)
-        else:
-            counts.unchanged += 1
-    counts.unchanged += len(rows) - len(by_key)
-    if write:
+            new.append(row)
+        elif old != values_of(row):
+            changed.append(row)
+    counts.created, counts.updated = len(new), len(changed)
+    counts.unchanged = len(rows) - len(new) - len(changed)
+    if connection.vendor == "postgresql":
+        # New rows are COPYed straight in; should another run have stored one meanwhile,
+        # they are merged on the natural key with the changed ones instead.
+        if new and not copy_insert(model, new):
+            changed += new
+        if changed:
+            copy_upsert(model, changed)
+    elif new or changed:
         model.objects.bulk_create(
-            write,
+            [model(**row) for row in new + changed],
             update_conflicts=True,
             unique_fields=list(model.NATURAL_KEY),
             update_fields=[*model.VALUES, "ingested_at"],
@@ -414,13 +513,68 @@ def upsert(model, organization, rows, scope=None):
     return counts
 
 
+# PostgreSQL type names as Django declares them → as the driver knows them.
+COPY_TYPES = {"bigint": "int8", "integer": "int4", "smallint": "int2", "timestamp with time zone": "timestamptz"}
+
+
+def _copy_into(cursor, model, table, rows):
+    """COPY `rows` (column dicts of `model`) into `table`, which has `model`'s columns."""
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in fields)
+    attnames = [f.attname for f in fields]
+    # Django translates the driver's errors around execute() only: here too (IntegrityError).
+    with connection.wrap_database_errors, cursor.copy(f"COPY {quote(table)} ({columns}) FROM STDIN") as copy:
+        # Declared column types: the driver picks each column's dumper once, not per value.
+        copy.set_types([COPY_TYPES.get(t, t) for t in (f.db_type(connection).split("(")[0] for f in fields)])
+        for row in rows:
+            copy.write_row([row[a] for a in attnames])
+    return columns
+
+
+def copy_insert(model, rows):
+    """PostgreSQL: COPY rows that were not stored a moment ago straight into the table.
+    Returns False, having written nothing, when one was stored meanwhile (another run at
+    the same time: the unique natural key refuses it)."""
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            _copy_into(cursor, model, model._meta.db_table, rows)
+    except IntegrityError:
+        return False
+    return True
+
+
+def copy_upsert(model, rows):
+    """PostgreSQL: COPY `rows` into a temporary table shaped like `model`'s, then one
+    INSERT … SELECT … ON CONFLICT (natural key) DO UPDATE of the value columns. The
+    temporary table lives for this transaction only."""
+    quote = connection.ops.quote_name
+    table, temp = model._meta.db_table, f"upsert_{model._meta.db_table}"
+    conflict = ", ".join(quote(model._meta.get_field(n).column) for n in model.NATURAL_KEY)
+    updates = ", ".join(
+        f"{quote(c)} = EXCLUDED.{quote(c)}"
+        for c in (model._meta.get_field(n).column for n in (*model.VALUES, "ingested_at"))
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE {quote(temp)} ON COMMIT DROP AS SELECT * FROM {quote(table)} WITH NO DATA"
+        )
+        columns = _copy_into(cursor, model, temp, rows)
+        cursor.execute(
+            f"INSERT INTO {quote(table)} ({columns}) SELECT {columns} FROM {quote(temp)} "
+            f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}"
+        )
+        cursor.execute(f"DROP TABLE {quote(temp)}")
+
+
 def mark_keys_used(rows):
     """Each key's last_used_at: the newest bucket end with requests for it among `rows`,
     never earlier than what it already holds. Returns how many keys moved."""
     newest = {}
     for row in rows:
-        if row.key_id and (row.num_model_requests or 0) > 0:
-            newest[row.key_id] = max(newest.get(row.key_id, row.end_time), row.end_time)
+        key_id = row["key_id"]
+        if key_id and (row["num_model_requests"] or 0) > 0:
+            newest[key_id] = max(newest.get(key_id, row["end_time"]), row["end_time"])
     by_time = defaultdict(list)
     for key_id, at in newest.items():
         by_time[at].append(key_id)
@@ -485,22 +639,24 @@ def ingest_organization(organization, since, until, now=None, endpoints=None):
     summary = Summary()
     host = upstream.host_of(key.provider, key.base_url, key.azure_endpoint)
     breakers = Breakers.load({host}, now=now)
-    fetched, failure = [], None
+    stored, failure = {}, None
     try:
         secret = key.reveal_secret()
         try:
-            fetched, failure = asyncio.run(
-                fetch_all(target_for(key, secret), since, until, breakers[host], endpoints or [*ENDPOINTS, COSTS])
-            )
+            target = target_for(key, secret)
         finally:
             del secret
+        stored, failure = fetch_and_store(
+            organization, target, since, until, breakers[host], endpoints or [*ENDPOINTS, COSTS], now
+        )
+        del target
     except crypto.DecryptionError as e:
         failure = IngestFailure(Outcome.DECRYPTION_FAILED, str(e)[:500])
     finally:
         # Whatever happened, what this run saw of the host (or a trial it won and never
         # sent) goes back to the shared circuit.
         breakers.save(now=timezone.now())
-    for name, counts in store(organization, fetched, now).items():
+    for name, counts in stored.items():
         summary.endpoints[name].add(counts)
     if failure is None:
         record_success(state, until, now)
