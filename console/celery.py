@@ -19,6 +19,9 @@ def add_periodic_tasks(sender, **kwargs):
         settings.PROBE_SWEEP_EVERY_SECONDS, sender.signature("keys.tasks.sweep"), name="probe sweep"
     )
     sender.add_periodic_task(24 * 3600, sender.signature("keys.tasks.prune_probe_results"), name="prune probe results")
+    sender.add_periodic_task(
+        24 * 3600, sender.signature("keys.tasks.send_rotation_reminders"), name="rotation reminders"
+    )
     # Usage and costs (usage/tasks.py): the daily ingest re-reads the trailing window; the
     # hourly refresh reads today and retries organizations whose backoff has passed.
     sender.add_periodic_task(24 * 3600, sender.signature("usage.tasks.ingest_all"), name="usage ingest")

@@ -282,6 +282,16 @@ PROBE_RESULTS_KEEP_DAYS = env.int("PROBE_RESULTS_KEEP_DAYS", default=30)
 CIRCUIT_FAILURE_THRESHOLD = env.int("CIRCUIT_FAILURE_THRESHOLD", default=5)
 CIRCUIT_COOLDOWN_SECONDS = env.int("CIRCUIT_COOLDOWN_SECONDS", default=60)
 
+# --- Rotation states, stale flags and reminders (keys/states.py, keys/reminders.py)
+# A key is "due soon" this many days before its rotation falls due.
+ROTATION_DUE_SOON_DAYS = env.int("ROTATION_DUE_SOON_DAYS", default=14)
+# A key with no use in this many days is flagged unused (from its last_used_at).
+STALE_UNUSED_DAYS = env.int("STALE_UNUSED_DAYS", default=30)
+# This many failed probes in a row flag a key failing (an invalid_key outcome at once).
+FAILING_PROBE_COUNT = env.int("FAILING_PROBE_COUNT", default=3)
+# Days before a key falls due that its organization is reminded (and once when overdue).
+ROTATION_REMINDER_DAYS = [int(d) for d in env.list("ROTATION_REMINDER_DAYS", default=["14", "7", "1"])]
+
 # --- Usage and costs ingestion (usage/ingest.py)
 # Days re-read on every run: the Usage and Costs APIs report late.
 USAGE_TRAILING_DAYS = env.int("USAGE_TRAILING_DAYS", default=3)

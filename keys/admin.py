@@ -6,8 +6,11 @@ fingerprint (ApiKey.secret_fields, enforced by console.admin_base.GuardedAdmin),
 audit events carry only hints, ids and field values (accounts.audit).
 """
 
+from functools import partial
+
 from django.contrib import admin, messages
 from django.db import transaction
+from django.urls import path
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.utils.timezone import now
@@ -22,6 +25,8 @@ from console.upstream import Outcome
 from . import tasks
 from .forms import ApiKeyForm
 from .models import ApiKey, Circuit, CircuitState, Kind, ProbeResult
+from .report_views import rotation_report_view
+from .states_admin import RotationDisplays, RotationStateFilter, StaleFlagFilter
 
 BADGE_CSS = {"all": ["keys/admin.css"]}
 
@@ -175,7 +180,7 @@ class LastProbeFilter(admin.SimpleListFilter):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(AuditedAdmin):
+class ApiKeyAdmin(RotationDisplays, AuditedAdmin):
     form = ApiKeyForm
     list_display = [
         "name",
@@ -187,6 +192,7 @@ class ApiKeyAdmin(AuditedAdmin):
         "issued_or_rotated",
         "expires_at",
         "is_active",
+        "rotation_badge",
         "last_probe",
         "consecutive_failures",
     ]
@@ -199,6 +205,8 @@ class ApiKeyAdmin(AuditedAdmin):
         StatusFilter,
         LastProbeFilter,
         ("leaked_at", admin.EmptyFieldListFilter),  # set by manage.py scan_leaks
+        RotationStateFilter,
+        StaleFlagFilter,
     ]
     # Never secret_ciphertext or fingerprint (ApiKey.secret_fields).
     search_fields = ["name", "hint", "owner", "upstream_key_id", "project__name", "organization__name"]
@@ -220,6 +228,7 @@ class ApiKeyAdmin(AuditedAdmin):
                 ]
             },
         ),
+        ("Rotation", {"fields": ["rotation_state_display", "next_rotation_due_display", "stale_flags_display"]}),
         (
             "Last probe",
             {"fields": ["last_probe", "last_probe_at", "last_success_at", "consecutive_failures", "next_probe_at"]},
@@ -235,6 +244,9 @@ class ApiKeyAdmin(AuditedAdmin):
         "last_success_at",
         "consecutive_failures",
         "next_probe_at",
+        "rotation_state_display",
+        "next_rotation_due_display",
+        "stale_flags_display",
     ]
 
     class Media:
@@ -247,6 +259,10 @@ class ApiKeyAdmin(AuditedAdmin):
             # entered; changing them later would skip that check. Register a new key.
             fields += ["kind", "provider"]
         return fields
+
+    def get_urls(self):
+        report = self.admin_site.admin_view(partial(rotation_report_view, model_admin=self))
+        return [path("rotation-report/", report, name="keys_rotation_report"), *super().get_urls()]
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "project":

@@ -13,7 +13,7 @@ from console import destinations
 from console.leakguard import refuse_key_shaped, refuse_unsafe_text
 from console.upstream import Outcome
 
-from . import crypto, formats
+from . import crypto, formats, states
 
 
 class Kind(models.TextChoices):
@@ -44,6 +44,27 @@ class ApiKeyQuerySet(models.QuerySet):
 
     def in_organization(self, organization):
         return self.filter(organization=organization)
+
+    def with_rotation(self, now, sources=states.LIVE):
+        """Annotated with policy_days, next_due_at, key_state and flag_<name> for each
+        stale flag, computed in SQL by the rules of keys/states.py at `now`."""
+        return self.annotate(policy_days=sources.policy_days, **states.expressions(sources, now))
+
+    def in_rotation_state(self, state, now):
+        return self.with_rotation(now).filter(key_state=states.RotationState(state).value)
+
+    def with_stale_flag(self, name, now):
+        return self.with_rotation(now).filter(**{states.flag_field(name): True})
+
+    def rotation_counts(self, now):
+        """{state: count, "flag:<name>": count} over this queryset, in one query."""
+        annotated = self.with_rotation(now)
+        aggregates = {
+            state.value: models.Count("pk", filter=models.Q(key_state=state.value)) for state in states.RotationState
+        }
+        for flag in states.FlagName:
+            aggregates[f"flag:{flag.value}"] = models.Count("pk", filter=models.Q(**{states.flag_field(flag): True}))
+        return annotated.aggregate(**aggregates)
 
     def due_for_probe(self, now):
         """Active keys whose next probe time has come, or that were never scheduled: the
@@ -288,6 +309,16 @@ class ApiKey(models.Model):
 
     def rotation_due_at(self):
         return (self.rotated_at or self.issued_at) + timedelta(days=self.rotation_policy_days())
+
+    def next_rotation_due(self):
+        """Pure: see keys/states.py (load the project and organization with the key)."""
+        return states.next_rotation_due(self)
+
+    def rotation_state(self, now):
+        return states.rotation_state(self, now)
+
+    def stale_flags(self, now):
+        return states.stale_flags(self, now)
 
     def is_revoked(self):
         return self.revoked_at is not None

@@ -10,7 +10,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from . import probe
+from . import probe, reminders
 from . import sweep as sweeping
 from .models import ProbeResult
 
@@ -46,6 +46,13 @@ def prune_probe_results():
     """Beat, daily: drop probe results older than PROBE_RESULTS_KEEP_DAYS."""
     deleted = ProbeResult.prune(timezone.now(), settings.PROBE_RESULTS_KEEP_DAYS)
     log.info("pruned %d probe results", deleted)
+
+
+@shared_task(name="keys.tasks.send_rotation_reminders", acks_late=True, ignore_result=True)
+def send_rotation_reminders():
+    """Beat, daily: raise the rotation reminders due now (keys/reminders.py); idempotent."""
+    created = reminders.send_reminders(timezone.now())
+    log.info("rotation reminders: %d raised", created)
 
 
 def publish(claims):

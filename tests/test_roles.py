@@ -31,7 +31,15 @@ CHANGELISTS = {
     "accounts.tier": ({"q": "Tier 1", "requests_per_minute": "500"}, 1, ["delete_selected"]),
     "accounts.auditevent": ({"q": "alice", "action__exact": "key.created"}, 1, ["delete_selected"]),
     "keys.apikey": (
-        {"q": "Chatbot", "status": "active", "probe": "ok", "provider__exact": "openai", "kind__exact": "project"},
+        {
+            "q": "Chatbot",
+            "status": "active",
+            "probe": "ok",
+            "provider__exact": "openai",
+            "kind__exact": "project",
+            "rotation": "compliant",
+            "flag": "usage_unknown",
+        },
         1,
         ["probe_selected", "revoke_selected", "delete_selected"],
     ),

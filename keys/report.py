@@ -1,0 +1,402 @@
+"""The rotation report: one row per key, for security reviewers, now or as of a past date.
+
+`build(filters, now, as_of=None)` reads every row in ONE query (joins for organization and
+project, subqueries for history) and computes each row's state and stale flags with the
+pure rules of keys/states.py; totals per state and per flag come from the rows. Filters
+(organization, project, environment, state, flag) are applied in SQL by the same rules'
+SQL twins.
+
+`as_of`: the state as it was then, recomputed from history, never guessed:
+- keys issued after it are absent;
+- the last rotation is the latest KeyEvent ROTATED at or before it (with its actor), else
+  the issue date;
+- revoked if a REVOKED event (or revoked_at) is at or before it; leaked, archived, owner
+  gone, deleted upstream and expired likewise by their dates;
+- the last probe is the latest ProbeResult started at or before it, and "failing" counts
+  the failed results after the last success at or before it (results older than
+  PROBE_RESULTS_KEEP_DAYS are pruned: then there is no probe to show);
+- the last use is last_used_at when that is at or before it, else the newest usage bucket
+  with requests ending at or before it, else unknown.
+
+Rows never hold secret material: values() reads named columns only (no ciphertext, no
+fingerprint); the hint is the display hint. CSV cells that a spreadsheet would run as a
+formula are prefixed with a quote.
+"""
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, time
+
+from django.core.exceptions import FieldDoesNotExist
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import Case, Count, F, IntegerField, OuterRef, Q, Subquery, Value, When
+from django.db.models.functions import Coalesce
+from django.utils.dateparse import parse_date, parse_datetime
+
+from console.upstream import Outcome
+
+from .models import ApiKey, KeyAction, KeyEvent, ProbeResult
+from .states import LIVE, Facts, FlagName, RotationState, Sources, days_overdue, flag_field, next_rotation_due
+from .states import rotation_state as state_of
+from .states import stale_flags as flags_of
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# (row field, header): the order of every format.
+COLUMNS = [
+    ("organization", "Organization"),
+    ("project", "Project"),
+    ("environment", "Environment"),
+    ("key_name", "Key name"),
+    ("key_id", "Key id"),
+    ("kind", "Kind"),
+    ("hint", "Hint"),
+    ("owner", "Owner"),
+    ("issued_at", "Issued"),
+    ("last_rotated_at", "Last rotated"),
+    ("last_rotated_by", "Rotated by"),
+    ("policy_days", "Policy days"),
+    ("next_due_at", "Next due"),
+    ("days_overdue", "Days overdue"),
+    ("state", "State"),
+    ("flags", "Stale flags"),
+    ("flag_reasons", "Flag reasons"),
+    ("last_probe_outcome", "Last probe"),
+    ("last_probe_at", "Last probe at"),
+    ("last_used_at", "Last used"),
+    ("encryption_key_version", "Encryption key version"),
+]
+
+
+class ReportError(ValueError):
+    """A filter that names nothing, or a date that is not one."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    organization: str = ""  # slug
+    project: str = ""  # name or proj_… id
+    environment: str = ""
+    state: str = ""
+    flag: str = ""
+
+    def __post_init__(self):
+        if self.state and self.state not in RotationState.values:
+            raise ReportError(f"Unknown state “{self.state}”: one of {', '.join(RotationState.values)}.")
+        if self.flag and self.flag not in FlagName.values:
+            raise ReportError(f"Unknown flag “{self.flag}”: one of {', '.join(FlagName.values)}.")
+
+    def as_dict(self):
+        return {k: v for k, v in asdict(self).items() if v}
+
+
+@dataclass
+class Report:
+    generated_at: datetime
+    as_of: datetime | None
+    filters: Filters
+    rows: list
+    totals: dict  # state value → count
+    flag_totals: dict  # flag value → count
+
+    @property
+    def at(self):
+        return self.as_of or self.generated_at
+
+
+def parse_as_of(text):
+    """A date (the end of that day, UTC) or an ISO date-time; None for empty."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        day = parse_date(text)  # a bare date: the end of that day
+        moment = datetime.combine(day, time.max, tzinfo=UTC) if day else parse_datetime(text)
+    except ValueError:
+        moment = None
+    if moment is None:
+        raise ReportError(f"“{text[:40]}” is not a date (YYYY-MM-DD) or an ISO date-time.")
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# --- sources ------------------------------------------------------------------------------
+def usage_bucket_model():
+    """The usage app's bucket model, through the key's reverse relation (keys sits below
+    usage and does not import it); None when usage is not installed."""
+    try:
+        return ApiKey._meta.get_field("usage_buckets").related_model
+    except FieldDoesNotExist:
+        return None
+
+
+def as_of_sources(at):
+    """Sources (keys/states.py) for the state at `at`, from history."""
+    rotations = KeyEvent.objects.filter(key=OuterRef("pk"), action=KeyAction.ROTATED, at__lte=at).order_by("-at", "-pk")
+    revocation = (
+        KeyEvent.objects.filter(key=OuterRef("pk"), action=KeyAction.REVOKED, at__lte=at)
+        .order_by("at", "pk")
+        .values("at")[:1]
+    )
+    probes = ProbeResult.objects.filter(key=OuterRef("pk"), started_at__lte=at).order_by("-started_at", "-pk")
+    last_success = (
+        ProbeResult.objects.filter(
+            key=OuterRef(OuterRef("pk")), started_at__lte=at, outcome__in=[Outcome.OK, Outcome.RATE_LIMITED]
+        )
+        .order_by("-started_at")
+        .values("started_at")[:1]
+    )
+    failures = (
+        ProbeResult.objects.filter(key=OuterRef("pk"), started_at__lte=at, outcome__in=Outcome.failures())
+        .filter(started_at__gt=Coalesce(Subquery(last_success), Value(EPOCH)))
+        .order_by()
+        .values("key")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    buckets = usage_bucket_model()
+    used = F("last_used_at")
+    if buckets is not None:
+        newest = (
+            buckets.objects.filter(key=OuterRef("pk"), end_time__lte=at, num_model_requests__gt=0)
+            .order_by("-end_time")
+            .values("end_time")[:1]
+        )
+        used = Case(When(last_used_at__lte=at, then=F("last_used_at")), default=Subquery(newest))
+    else:
+        used = Case(When(last_used_at__lte=at, then=F("last_used_at")), default=None)
+    return Sources(
+        rotated_at=Subquery(rotations.values("at")[:1]),
+        revoked_at=Coalesce(Subquery(revocation), F("revoked_at")),
+        last_used_at=used,
+        last_probe_outcome=Coalesce(Subquery(probes.values("outcome")[:1]), Value("")),
+        consecutive_failures=Coalesce(Subquery(failures, output_field=IntegerField()), Value(0)),
+    ), {
+        "r_rotated_by": Subquery(rotations.values("actor_label")[:1]),
+        "r_last_probe_at": Subquery(probes.values("started_at")[:1]),
+    }
+
+
+def live_extras():
+    return {"r_rotated_by": F("rotated_by"), "r_last_probe_at": F("last_probe_at")}
+
+
+# --- the query ------------------------------------------------------------------------------
+FACT_FIELDS = [
+    "rotated_at",
+    "revoked_at",
+    "last_used_at",
+    "last_probe_outcome",
+    "consecutive_failures",
+    "deleted_upstream_at",
+    "project_archived_at",
+    "owner_left_at",
+    "leaked_at",
+]
+PLAIN_FIELDS = [
+    "pk",
+    "organization__slug",
+    "organization__name",
+    "project__name",
+    "project__environment",
+    "name",
+    "kind",
+    "hint",
+    "owner",
+    "issued_at",
+    "expires_at",
+    "secret_key_version",
+]
+
+
+def queryset(filters, at, as_of=None):
+    """The report's one query: values() rows with every fact the rules need."""
+    if as_of is None:
+        sources, extras = LIVE, live_extras()
+    else:
+        sources, extras = as_of_sources(as_of)
+    keys = ApiKey.objects.all()
+    if as_of is not None:
+        keys = keys.filter(issued_at__lte=as_of)
+    if filters.organization:
+        keys = keys.filter(organization__slug=filters.organization)
+    if filters.project:
+        keys = keys.filter(Q(project__name=filters.project) | Q(project__openai_project_id=filters.project))
+    if filters.environment:
+        keys = keys.filter(project__environment=filters.environment)
+    keys = keys.with_rotation(at, sources)
+    if filters.state:
+        keys = keys.filter(key_state=filters.state)
+    if filters.flag:
+        keys = keys.filter(**{flag_field(filters.flag): True})
+    facts = {f"r_{name}": getattr(sources, name) for name in FACT_FIELDS}
+    return (
+        keys.annotate(**facts, **extras)
+        .order_by("organization__slug", F("project__name").asc(nulls_first=True), "name", "pk")
+        .values(*PLAIN_FIELDS, "policy_days", *facts, *extras)
+    )
+
+
+def make_row(values, at):
+    facts = Facts(
+        issued_at=values["issued_at"],
+        policy_days=values["policy_days"],
+        expires_at=values["expires_at"],
+        **{name: values[f"r_{name}"] for name in FACT_FIELDS},
+    )
+    if facts.consecutive_failures is None:
+        facts = Facts(**{**asdict(facts), "consecutive_failures": 0})
+    state = state_of(facts, at)
+    flags = flags_of(facts, at)
+    outcome = values["r_last_probe_outcome"] or ""
+    return {
+        "organization": values["organization__slug"],
+        "project": values["project__name"] or "",
+        "environment": values["project__environment"] or "",
+        "key_name": values["name"],
+        "key_id": str(values["pk"]),
+        "kind": values["kind"],
+        "hint": values["hint"],
+        "owner": values["owner"],
+        "issued_at": values["issued_at"],
+        "last_rotated_at": facts.rotated_at,
+        "last_rotated_by": (values["r_rotated_by"] or "") if facts.rotated_at else "",
+        "policy_days": facts.policy_days,
+        "next_due_at": next_rotation_due(facts),
+        "days_overdue": days_overdue(facts, at),
+        "state": state.value,
+        "state_label": state.label,
+        "flags": [{"name": f.name.value, "reason": f.reason, "since": f.since} for f in flags],
+        "last_probe_outcome": outcome,
+        "last_probe_at": values["r_last_probe_at"] if outcome else None,
+        "last_used_at": facts.last_used_at if facts.last_used_at and facts.last_used_at <= at else None,
+        "encryption_key_version": values["secret_key_version"],
+    }
+
+
+def build(filters=None, now=None, as_of=None):
+    """The report at `as_of` (a past moment), or at `now`. One query."""
+    filters = filters or Filters()
+    now = now or datetime.now(UTC)
+    at = as_of or now
+    rows = [make_row(values, at) for values in queryset(filters, at, as_of).iterator(chunk_size=5000)]
+    totals = dict.fromkeys(RotationState.values, 0)
+    flag_totals = dict.fromkeys(FlagName.values, 0)
+    for row in rows:
+        totals[row["state"]] += 1
+        for flag in row["flags"]:
+            flag_totals[flag["name"]] += 1
+    return Report(now, as_of, filters, rows, totals, flag_totals)
+
+
+# --- formats --------------------------------------------------------------------------------
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def spreadsheet_safe(text):
+    """A CSV cell a spreadsheet shows as text: a leading = + - @ or control character is
+    escaped with a quote (OWASP's CSV-injection advice)."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def plain(value):
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+    return str(value)
+
+
+def cell(row, field):
+    if field == "flags":
+        return ", ".join(f["name"] for f in row["flags"])
+    if field == "flag_reasons":
+        return " | ".join(
+            f"{f['name']}: {f['reason']}" + (f" (since {plain(f['since'])})" if f["since"] else "")
+            for f in row["flags"]
+        )
+    if field == "last_used_at" and row[field] is None:
+        return "unknown"
+    return plain(row[field])
+
+
+def to_csv(report):
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([header for _, header in COLUMNS])
+    for row in report.rows:
+        writer.writerow([spreadsheet_safe(cell(row, field)) for field, _ in COLUMNS])
+    return out.getvalue()
+
+
+def to_json(report):
+    rows = [{field: row[field] for field, _ in COLUMNS if field != "flag_reasons"} for row in report.rows]
+    for row in rows:
+        row["last_used_at"] = row["last_used_at"] or "unknown"
+    document = {
+        "generated_at": report.generated_at,
+        "as_of": report.as_of,
+        "filters": report.filters.as_dict(),
+        "totals": report.totals,
+        "flag_totals": report.flag_totals,
+        "rows": rows,
+    }
+    return json.dumps(document, cls=DjangoJSONEncoder, indent=1, ensure_ascii=False)
+
+
+# (field, header, width), one space apart: the table fits 120 columns.
+TABLE = [
+    ("organization", "ORG", 10),
+    ("project", "PROJECT", 10),
+    ("environment", "ENV", 5),
+    ("key_name", "KEY", 14),
+    ("hint", "HINT", 16),
+    ("state", "STATE", 9),
+    ("next_due_at", "NEXT DUE", 10),
+    ("days_overdue", "LATE", 4),
+    ("flags", "FLAGS", 15),
+    ("last_probe_outcome", "PROBE", 7),
+    ("last_used_at", "LAST USED", 10),
+]
+WIDTH = sum(width for _, _, width in TABLE) + len(TABLE) - 1
+
+
+def fit(text, width):
+    return (text[: width - 1] + "…" if len(text) > width else text).ljust(width)
+
+
+def table_cell(row, field):
+    value = row[field]
+    if field in ("next_due_at", "last_used_at") and value is not None:
+        return value.astimezone(UTC).strftime("%Y-%m-%d")
+    if field == "days_overdue":
+        return str(value) if value else ""
+    if field == "state":
+        return RotationState(value).label
+    return cell(row, field)
+
+
+def to_table(report):
+    when = f"as of {plain(report.as_of)} UTC" if report.as_of else f"at {plain(report.generated_at)} UTC"
+    lines = [f"Rotation report {when}: {len(report.rows)} key{'s' if len(report.rows) != 1 else ''}"]
+    lines.append("  ".join(f"{RotationState(s).label}: {n}" for s, n in report.totals.items()))
+    lines.append("Flags: " + "  ".join(f"{f}: {n}" for f, n in report.flag_totals.items()))
+    lines.append("")
+    lines.append(" ".join(fit(header, width) for _, header, width in TABLE).rstrip())
+    for row in report.rows:
+        lines.append(" ".join(fit(table_cell(row, field), width) for field, _, width in TABLE).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def audit_details(report, fmt=None):
+    """What an audit event says about a view or an export: never row contents."""
+    details = {
+        "report": "rotation",
+        "filters": report.filters.as_dict(),
+        "as_of": report.as_of.isoformat() if report.as_of else None,
+        "rows": len(report.rows),
+    }
+    if fmt:
+        details["format"] = fmt
+    return details

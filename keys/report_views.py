@@ -1,0 +1,86 @@
+"""The rotation report's admin page (keys/report.py): filters, totals per state and flag,
+the rows a page at a time, and CSV / JSON downloads of every row. For everyone who may
+view keys (console admins and security reviewers); read-only. Each view is a
+"report.viewed" audit event and each download a "report.exported" one, with the filters
+and the row count, never row contents."""
+
+from django import forms
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import HttpResponse, HttpResponseNotAllowed
+from django.template.response import TemplateResponse
+from django.utils.timezone import now
+
+from accounts.models import AuditEvent, Environment, Organization
+from console.leakguard import refuse_key_shaped
+
+from . import report
+from .states import FlagName, RotationState
+from .states_admin import state_badge
+
+PAGE_SIZE = 200
+FILTERS = ("organization", "project", "environment", "state", "flag")
+FORMATS = {"csv": ("text/csv; charset=utf-8", report.to_csv), "json": ("application/json", report.to_json)}
+
+
+class ReportFilterForm(forms.Form):
+    organization = forms.ChoiceField(required=False)
+    project = forms.CharField(
+        required=False, max_length=200, validators=[refuse_key_shaped], help_text="Name or proj_… id"
+    )
+    environment = forms.ChoiceField(required=False, choices=[("", "All"), *Environment.choices])
+    state = forms.ChoiceField(required=False, choices=[("", "All"), *RotationState.choices])
+    flag = forms.ChoiceField(required=False, choices=[("", "Any"), *FlagName.choices])
+    as_of = forms.CharField(required=False, max_length=40, label="As of", help_text="YYYY-MM-DD (end of day, UTC)")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["organization"].choices = [("", "All"), *Organization.objects.values_list("slug", "name")]
+
+    def clean_as_of(self):
+        try:
+            as_of = report.parse_as_of(self.cleaned_data["as_of"])
+        except report.ReportError as e:
+            raise forms.ValidationError(str(e)) from None
+        if as_of is not None and as_of > now():
+            raise forms.ValidationError("That is in the future: the report shows what was, not what will be.")
+        return as_of
+
+
+def rotation_report_view(request, model_admin):
+    if request.method != "GET":
+        return HttpResponseNotAllowed(["GET"])
+    if not model_admin.has_view_permission(request):
+        raise PermissionDenied
+    form = ReportFilterForm(request.GET or None)
+    result = None
+    if not request.GET or form.is_valid():
+        data = form.cleaned_data if request.GET else {}
+        filters = report.Filters(**{name: data.get(name) or "" for name in FILTERS})
+        result = report.build(filters, now(), data.get("as_of"))
+        fmt = request.GET.get("format", "")
+        if fmt in FORMATS:
+            content_type, render = FORMATS[fmt]
+            AuditEvent.record(request.user, "report.exported", None, **report.audit_details(result, fmt))
+            response = HttpResponse(render(result), content_type=content_type)
+            stamp = (result.as_of or result.generated_at).strftime("%Y%m%d")
+            response["Content-Disposition"] = f'attachment; filename="rotation-report-{stamp}.{fmt}"'
+            return response
+        AuditEvent.record(request.user, "report.viewed", None, **report.audit_details(result))
+    page = Paginator(result.rows if result else [], PAGE_SIZE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    query.pop("format", None)
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": "Rotation report",
+        "opts": model_admin.model._meta,
+        "form": form,
+        "report": result,
+        "page": page,
+        "rows": [{**row, "badge": state_badge(row["state"])} for row in page.object_list],
+        "totals": [(RotationState(s).label, n) for s, n in result.totals.items()] if result else [],
+        "flag_totals": [(FlagName(f).label, n) for f, n in result.flag_totals.items()] if result else [],
+        "query": query.urlencode(),
+    }
+    return TemplateResponse(request, "admin/keys/rotation_report.html", context)
