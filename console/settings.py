@@ -34,6 +34,8 @@ INSTALLED_APPS = [
     "accounts",
     "keys",
     "usage",
+    "api",
+    "ninja",  # the REST API's docs page serves Swagger UI from static files (no CDN)
     "sandbox",
     # Login hardening (see "Login and sessions" below).
     "django_otp",
@@ -54,6 +56,8 @@ MIDDLEWARE = [
     "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Audits every REST API call made with a token (api/call_audit.py).
+    "api.call_audit.ApiCallAuditMiddleware",
     # Last, as axes asks: it turns a lockout flagged during the request into the response.
     "axes.middleware.AxesMiddleware",
 ]
@@ -302,6 +306,13 @@ USAGE_BACKFILL_DAYS = env.int("USAGE_BACKFILL_DAYS", default=30)
 # Largest usage or costs page read (bytes). A day of 1,000 keys × 3 models is ~1 MB of JSON;
 # probes keep their own 256 KiB cap (console.upstream.MAX_BODY_BYTES).
 USAGE_MAX_BODY_BYTES = env.int("USAGE_MAX_BODY_BYTES", default=64 * 1024 * 1024)
+
+# --- REST API (api/)
+# Calls one token may make per minute (a fixed window in the cache); more get 429.
+API_RATE_LIMIT_PER_MINUTE = env.int("API_RATE_LIMIT_PER_MINUTE", default=120)
+# Rows a list returns when the caller does not ask (limit=), and the most it may ask for.
+API_PAGE_SIZE_DEFAULT = env.int("API_PAGE_SIZE_DEFAULT", default=50)
+API_PAGE_SIZE_MAX = env.int("API_PAGE_SIZE_MAX", default=200)
 
 # --- Sandbox API (sandbox/)
 SANDBOX_PORT = env.int("SANDBOX_PORT", default=8100)
