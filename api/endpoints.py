@@ -16,10 +16,12 @@ from datetime import UTC
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Q
+from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_variables
-from ninja import NinjaAPI, Query, Status
+from ninja import NinjaAPI, Path, Query, Status
 
 from accounts.models import AuditEvent, Organization, Project
 from keys import report, states, tasks
@@ -66,6 +68,12 @@ VIEW_KEYS = TokenAuth("keys.view_apikey")
 ADD_KEYS = TokenAuth("keys.view_apikey", "keys.add_apikey")
 PROBE_KEYS = TokenAuth("keys.view_apikey", "keys.change_apikey")
 VIEW_BUDGETS = TokenAuth("accounts.view_organization", "accounts.view_project")
+
+
+@csrf_exempt
+def unknown_path(request):
+    """/api/… paths the API does not have: 404 in the API's error shape."""
+    return JsonResponse(errors.body("not_found", "No such API path. The schema: /api/v1/openapi.json"), status=404)
 
 
 def refusals(*statuses):
@@ -255,17 +263,25 @@ def list_keys(
 
 
 def get_key(key_id):
-    return get_object_or_404(keys_with_parents(), pk=key_id)
+    """The key with this id; 404 for an id that is not a UUID (no key can have it)."""
+    try:
+        pk = uuid.UUID(key_id)
+    except ValueError:
+        raise Http404 from None
+    return get_object_or_404(keys_with_parents(), pk=pk)
 
 
-@api.get("/keys/{uuid:key_id}", response={200: KeyOut, **refusals(404)}, auth=VIEW_KEYS, tags=["keys"])
-def read_key(request, key_id: uuid.UUID):
+KEY_ID = Path(..., description="The key's id (a UUID).")
+
+
+@api.get("/keys/{key_id}", response={200: KeyOut, **refusals(404)}, auth=VIEW_KEYS, tags=["keys"])
+def read_key(request, key_id: str = KEY_ID):
     """One key: inventory fields, probe status, rotation state and stale flags."""
     return key_out(get_key(key_id), timezone.now())
 
 
-@api.get("/keys/{uuid:key_id}/status", response={200: KeyStatusOut, **refusals(404)}, auth=VIEW_KEYS, tags=["keys"])
-def read_key_status(request, key_id: uuid.UUID):
+@api.get("/keys/{key_id}/status", response={200: KeyStatusOut, **refusals(404)}, auth=VIEW_KEYS, tags=["keys"])
+def read_key_status(request, key_id: str = KEY_ID):
     """One key's last probe (outcome, time), consecutive failures, next probe, rotation
     state and stale flags."""
     key = get_key(key_id)
@@ -301,12 +317,12 @@ def register_key(request, payload: KeyIn):
 
 
 @api.post(
-    "/keys/{uuid:key_id}/probe",
+    "/keys/{key_id}/probe",
     response={202: ProbeQueuedOut, **refusals(404, 409)},
     auth=PROBE_KEYS,
     tags=["keys"],
 )
-def request_probe(request, key_id: uuid.UUID):
+def request_probe(request, key_id: str = KEY_ID):
     """Probe a key now (the admin's “Probe now”): it is claimed and queued for a worker.
     A revoked key is not probed (409)."""
     key = get_key(key_id)

@@ -654,3 +654,11 @@ def test_a_refused_value_is_never_echoed_in_a_400(client, admin_token, project):
     assert response.status_code == 400 and "secret" in response.json()["error"]["fields"]
     assert too_long[:40] not in response.content.decode()
     assert ApiKey.objects.count() == 0
+
+
+def test_a_malformed_key_id_or_an_unknown_api_path_is_a_json_404(client, admin_token):
+    _, plaintext = admin_token
+    for path in ("/keys/null,null/status", "/keys/123", "/no-such-thing", "/../v2/keys"):
+        response = call(client, "GET", path, plaintext)
+        assert response.status_code == 404, path
+        assert response.json()["error"]["code"] == "not_found"
