@@ -662,3 +662,16 @@ def test_a_malformed_key_id_or_an_unknown_api_path_is_a_json_404(client, admin_t
         response = call(client, "GET", path, plaintext)
         assert response.status_code == 404, path
         assert response.json()["error"]["code"] == "not_found"
+
+
+def test_the_export_command_prints_the_served_document_and_is_ours(client, db, tmp_path):
+    from io import StringIO
+
+    from django.core.management import call_command, get_commands
+
+    assert get_commands()["export_openapi_schema"] == "api"  # not django-ninja's unguarded one
+    out = StringIO()
+    call_command("export_openapi_schema", stdout=out)
+    assert json.loads(out.getvalue()) == client.get(API + "/openapi.json").json()
+    call_command("export_openapi_schema", output=str(tmp_path / "openapi.json"), stdout=StringIO())
+    assert json.loads((tmp_path / "openapi.json").read_text())["paths"]
