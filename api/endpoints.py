@@ -14,7 +14,7 @@ import uuid
 from datetime import UTC
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Count, Q
 from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404
@@ -310,8 +310,14 @@ def register_key(request, payload: KeyIn):
     form = ApiKeyForm(data={name: ("" if value is None else value) for name, value in data.items()})
     if not form.is_valid():
         raise ApiError(400, "The key was not registered.", errors.fields_of_form(form))
-    with transaction.atomic():
-        key = form.save_and_record(request.auth.user)
+    try:
+        with transaction.atomic():
+            key = form.save_and_record(request.auth.user)
+    except IntegrityError as e:
+        # The same secret registered by another call between validation and save.
+        if "keys_apikey_unique_fingerprint" not in str(e):
+            raise
+        raise ApiError(400, "The key was not registered.", {"secret": ["This key is already registered."]}) from None
     # on_commit has run unless an outer transaction is still open (then None).
     return Status(201, {**key_out(key, timezone.now()), "first_probe_queued": form.first_probe_queued})
 

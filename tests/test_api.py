@@ -675,3 +675,58 @@ def test_the_export_command_prints_the_served_document_and_is_ours(client, db, t
     assert json.loads(out.getvalue()) == client.get(API + "/openapi.json").json()
     call_command("export_openapi_schema", output=str(tmp_path / "openapi.json"), stdout=StringIO())
     assert json.loads((tmp_path / "openapi.json").read_text())["paths"]
+
+
+# --- the role matrix of the API: status and effect -------------------------------------------------
+API_ROLES = ["admin", "reviewer", "superuser", "outsider"]
+API_CALLS = [("GET", "/keys"), ("GET", "/reports/rotation"), ("POST", "/keys"), ("POST", "/keys/KEY/probe")]
+
+
+def expected_api_status(role, method, path):
+    if role == "outsider":  # not staff: no API access at all
+        return 401
+    if method == "GET":
+        return 200
+    if role == "reviewer":
+        return 403
+    return 201 if path == "/keys" else 202
+
+
+@pytest.mark.parametrize("role", API_ROLES)
+@pytest.mark.parametrize("method, path", API_CALLS)
+def test_each_role_gets_exactly_its_rights_on_each_api_call(
+    client, admin_user, reviewer, outsider, make_key, project, fresh_cache_and_broker, role, method, path
+):
+    users = {"admin": admin_user, "reviewer": reviewer, "outsider": outsider}
+    user = users.get(role) or User.objects.create_superuser("root", "root@example.com", "pw-root-123456")
+    _, plaintext = make_token(user)
+    key, _ = make_key()
+    body = key_body(project, formats.generate(), name="matrix") if path == "/keys" else None
+    before = world_snapshot()
+    response = call(client, method, path.replace("KEY", str(key.pk)), plaintext, body)
+    want = expected_api_status(role, method, path)
+    assert response.status_code == want, response.content
+    if want in (401, 403) or method == "GET":
+        after = world_snapshot()
+        # A read changes nothing but its own report.viewed event; a refusal changes nothing.
+        if method == "GET" and want == 200 and path == "/reports/rotation":
+            assert AuditEvent.objects.filter(action="report.viewed").count() == 1
+            after["audit"] = [a for a in after["audit"] if "report.viewed" not in a]
+        assert after == before
+        assert queued_probe_messages(fresh_cache_and_broker) == []
+    elif path == "/keys":
+        assert ApiKey.objects.filter(name="matrix").exists()
+    else:
+        assert len(queued_probe_messages(fresh_cache_and_broker)) == 1
+
+
+def test_a_duplicate_that_slips_past_validation_is_still_a_400(client, admin_token, make_key, project, monkeypatch):
+    # Two calls registering one secret at once: both validate, the second insert hits the
+    # unique fingerprint. Simulated by skipping the form's duplicate check.
+    _, secret = make_key(name="first")
+    monkeypatch.setattr(ApiKey, "validate_unique", lambda self, exclude=None: None)
+    _, plaintext = admin_token
+    response = call(client, "POST", "/keys", plaintext, key_body(project, secret, name="second"))
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {"secret": ["This key is already registered."]}
+    assert list(ApiKey.objects.values_list("name", flat=True)) == ["first"]
