@@ -1,10 +1,16 @@
 """Every REST API call made with a known token is an audit event ("api.call"): the
 token's id and prefix, its user as the actor, the method, the path and the status. One
 INSERT per call; the path is stored with anything key-shaped removed (a key pasted into
-a URL stays out of the audit log) and never with its query string."""
+a URL stays out of the audit log) and never with its query string.
+
+And a 4xx or 5xx under /api/ is logged here, as Django would ("Not Found: /api/…"), but
+with the same redacted path, before Django's own handler logs the raw one."""
+
+from django.utils.log import log_response
 
 from accounts.models import AuditEvent
-from console.leakguard import redact_key_shaped
+
+from .errors import logged_path
 
 
 class ApiCallAuditMiddleware:
@@ -13,6 +19,8 @@ class ApiCallAuditMiddleware:
 
     def __call__(self, request):
         response = self.get_response(request)
+        if response.status_code >= 400 and request.path.startswith("/api/"):
+            log_response("%s: %s", response.reason_phrase, logged_path(request), response=response, request=request)
         token = getattr(request, "api_token", None)
         if token is not None and not getattr(request, "api_call_unaudited", False):
             AuditEvent.record(
@@ -22,7 +30,7 @@ class ApiCallAuditMiddleware:
                 token=token.pk,
                 token_prefix=token.prefix,
                 method=request.method,
-                path=redact_key_shaped(request.path)[:300],
+                path=logged_path(request),
                 status=response.status_code,
             )
         return response

@@ -5,16 +5,16 @@
 `fields` (only for 400) maps each refused input to its messages: {"secret": ["…"]}.
 Messages never echo what was sent: pydantic's `input` is dropped, and the form's messages
 (keys/forms.py) never hold a secret. A 500 logs its traceback on django.request (whose
-reports are secret-safe, console/error_reports.py) and answers a fixed message.
+reports are secret-safe, console/error_reports.py) and answers a fixed message; every
+refusal's log line names the path with anything key-shaped removed (api/call_audit.py).
 """
 
-import logging
-
 from django.http import Http404
+from django.utils.log import log_response
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 
-log = logging.getLogger("django.request")
+from console.leakguard import redact_key_shaped
 
 CODES = {
     400: "invalid",
@@ -108,7 +108,13 @@ def install(api):
 
     @api.exception_handler(Exception)
     def server_error(request, exc):
-        log.error(
-            "Internal Server Error: %s", request.path, exc_info=exc, extra={"status_code": 500, "request": request}
-        )
-        return respond(request, 500, "Internal error; it was logged.")
+        response = respond(request, 500, "Internal error; it was logged.")
+        path = logged_path(request)
+        log_response("Internal Server Error: %s", path, response=response, request=request, exception=exc)
+        return response
+
+
+def logged_path(request):
+    """The request's path as the logs and the audit log show it: anything key-shaped (a key
+    pasted into a URL) removed."""
+    return redact_key_shaped(request.path)[:300]

@@ -515,11 +515,34 @@ def test_every_call_is_audited_with_the_tokens_id_method_path_and_status(client,
     assert plaintext not in repr([e.details for e in events])
 
 
-def test_a_key_pasted_into_a_url_stays_out_of_the_audit_log(client, admin_token):
+def test_a_key_pasted_into_a_url_stays_out_of_the_audit_log_and_the_log(client, admin_token, caplog):
     secret = formats.generate()
     _, plaintext = admin_token
-    assert call(client, "GET", f"/keys/{secret}/status", plaintext).status_code == 404
+    with caplog.at_level("DEBUG"):
+        assert call(client, "GET", f"/keys/{secret}/status", plaintext).status_code == 404
+        assert call(client, "GET", f"/nowhere/{secret}", plaintext).status_code == 404
+        assert call(client, "GET", f"/keys/{secret}/status").status_code == 401
     assert secret not in repr(list(AuditEvent.objects.values()))
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("Not Found: /api/v1/keys/" in line for line in lines)
+    assert not [line for line in lines if secret in line or plaintext in line]
+
+
+def test_a_500_is_the_error_shape_with_its_traceback_logged(client, admin_token, monkeypatch, caplog):
+    from api import endpoints
+
+    def broken(org):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(endpoints, "organization_out", broken)
+    Organization.objects.create(name="Any", slug="any")
+    _, plaintext = admin_token
+    response = call(client, "GET", "/organizations", plaintext)
+    assert response.status_code == 500
+    assert response.json() == {"error": {"code": "internal_error", "message": "Internal error; it was logged."}}
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and r.name == "django.request"]
+    assert len(errors) == 1 and errors[0].exc_info and "a bug" in str(errors[0].exc_info[1])
+    assert AuditEvent.objects.get(action="api.call").details["status"] == 500
 
 
 def test_calls_with_a_revoked_token_are_audited_too(client, admin_user, org):
