@@ -16,6 +16,7 @@ from django.template.response import TemplateResponse
 from django.utils.decorators import method_decorator
 from django.utils.timezone import now
 from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_variables
 
 from accounts.audit import AuditedAdmin
 from accounts.models import AuditEvent
@@ -95,6 +96,7 @@ class ApiTokenAdmin(AuditedAdmin):
         obj.plaintext_token = form.plaintext  # in memory, for response_add only
 
     @method_decorator(never_cache)
+    @method_decorator(sensitive_variables("plaintext", "context"))
     def response_add(self, request, obj, post_url_continue=None):
         plaintext = getattr(obj, "plaintext_token", None)
         if not plaintext:

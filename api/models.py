@@ -17,6 +17,7 @@ import secrets
 from django.conf import settings
 from django.db import models
 from django.utils.timezone import now
+from django.views.decorators.debug import sensitive_variables
 
 from console.leakguard import refuse_key_shaped, refuse_unsafe_text
 
@@ -74,6 +75,7 @@ class ApiToken(models.Model):
     def __str__(self):
         return f"{self.name} ({self.prefix}…)"
 
+    @sensitive_variables("token")
     def issue(self):
         """Give this unsaved token a fresh secret; returns the plaintext, which is never
         stored (only its prefix and hash are)."""
