@@ -26,11 +26,13 @@ formula are prefixed with a quote.
 import csv
 import io
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, time
 
 from django.core.exceptions import FieldDoesNotExist
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection, transaction
 from django.db.models import Case, Count, F, IntegerField, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.utils.dateparse import parse_date, parse_datetime
@@ -38,9 +40,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from console.upstream import Outcome
 
 from .models import ApiKey, KeyAction, KeyEvent, ProbeResult
-from .states import LIVE, Facts, FlagName, RotationState, Sources, days_overdue, flag_field, next_rotation_due
-from .states import rotation_state as state_of
-from .states import stale_flags as flags_of
+from .states import LIVE, Facts, FlagName, RotationState, Sources, evaluate, flag_field
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -117,7 +117,7 @@ def parse_as_of(text):
     except ValueError:
         moment = None
     if moment is None:
-        raise ReportError(f"“{text[:40]}” is not a date (YYYY-MM-DD) or an ISO date-time.")
+        raise ReportError("As of: not a date (YYYY-MM-DD) or an ISO date-time.")  # never echoes the input
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -210,8 +210,8 @@ PLAIN_FIELDS = [
 ]
 
 
-def queryset(filters, at, as_of=None):
-    """The report's one query: values() rows with every fact the rules need."""
+def annotated(filters, at, as_of=None):
+    """The filtered keys, annotated with the rules' SQL twins at `at`; and the sources."""
     if as_of is None:
         sources, extras = LIVE, live_extras()
     else:
@@ -230,6 +230,12 @@ def queryset(filters, at, as_of=None):
         keys = keys.filter(key_state=filters.state)
     if filters.flag:
         keys = keys.filter(**{flag_field(filters.flag): True})
+    return keys, sources, extras
+
+
+def queryset(filters, at, as_of=None):
+    """The report's one query: values() rows with every fact the rules need."""
+    keys, sources, extras = annotated(filters, at, as_of)
     facts = {f"r_{name}": getattr(sources, name) for name in FACT_FIELDS}
     return (
         keys.annotate(**facts, **extras)
@@ -247,8 +253,8 @@ def make_row(values, at):
     )
     if facts.consecutive_failures is None:
         facts = Facts(**{**asdict(facts), "consecutive_failures": 0})
-    state = state_of(facts, at)
-    flags = flags_of(facts, at)
+    result = evaluate(facts, at)
+    state, flags = result.state, result.flags
     outcome = values["r_last_probe_outcome"] or ""
     return {
         "organization": values["organization__slug"],
@@ -263,8 +269,8 @@ def make_row(values, at):
         "last_rotated_at": facts.rotated_at,
         "last_rotated_by": (values["r_rotated_by"] or "") if facts.rotated_at else "",
         "policy_days": facts.policy_days,
-        "next_due_at": next_rotation_due(facts),
-        "days_overdue": days_overdue(facts, at),
+        "next_due_at": result.next_due,
+        "days_overdue": result.days_overdue,
         "state": state.value,
         "state_label": state.label,
         "flags": [{"name": f.name.value, "reason": f.reason, "since": f.since} for f in flags],
@@ -275,12 +281,28 @@ def make_row(values, at):
     }
 
 
+@contextmanager
+def without_jit():
+    """PostgreSQL compiles a query this wide (a CASE per rule, a subquery per fact) with
+    its JIT, which at 50,000 keys cost more than it saved (4 s of a 6.5 s as-of query, see
+    docs/PERFORMANCE.md): turn it off for the report's own transaction only."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL jit = off")
+        yield
+
+
 def build(filters=None, now=None, as_of=None):
-    """The report at `as_of` (a past moment), or at `now`. One query."""
+    """The report at `as_of` (a past moment), or at `now`. One query (on PostgreSQL with
+    JIT off for it)."""
     filters = filters or Filters()
     now = now or datetime.now(UTC)
     at = as_of or now
-    rows = [make_row(values, at) for values in queryset(filters, at, as_of).iterator(chunk_size=5000)]
+    with without_jit():
+        rows = [make_row(values, at) for values in queryset(filters, at, as_of).iterator(chunk_size=5000)]
     totals = dict.fromkeys(RotationState.values, 0)
     flag_totals = dict.fromkeys(FlagName.values, 0)
     for row in rows:
@@ -288,6 +310,28 @@ def build(filters=None, now=None, as_of=None):
         for flag in row["flags"]:
             flag_totals[flag["name"]] += 1
     return Report(now, as_of, filters, rows, totals, flag_totals)
+
+
+def build_page(filters=None, now=None, as_of=None, page=1, per_page=200):
+    """For the admin page: the totals of every matching key (one aggregate query, by the
+    SQL twins of the rules) and the rows of one page (one query). Returns (report, count);
+    report.rows holds that page only."""
+    filters = filters or Filters()
+    now = now or datetime.now(UTC)
+    at = as_of or now
+    keys, _, _ = annotated(filters, at, as_of)
+    aggregates = {f"s_{state}": Count("pk", filter=Q(key_state=state)) for state in RotationState.values}
+    aggregates.update({f"f_{flag}": Count("pk", filter=Q(**{flag_field(flag): True})) for flag in FlagName.values})
+    with without_jit():
+        counted = keys.aggregate(**aggregates)
+        totals = {state: counted[f"s_{state}"] for state in RotationState.values}
+        flag_totals = {flag: counted[f"f_{flag}"] for flag in FlagName.values}
+        count = sum(totals.values())
+        pages = max((count + per_page - 1) // per_page, 1)
+        page = min(max(page, 1), pages)
+        start = (page - 1) * per_page
+        rows = [make_row(values, at) for values in queryset(filters, at, as_of)[start : start + per_page]]
+    return Report(now, as_of, filters, rows, totals, flag_totals), count
 
 
 # --- formats --------------------------------------------------------------------------------
@@ -389,13 +433,13 @@ def to_table(report):
     return "\n".join(lines) + "\n"
 
 
-def audit_details(report, fmt=None):
+def audit_details(report, fmt=None, rows=None):
     """What an audit event says about a view or an export: never row contents."""
     details = {
         "report": "rotation",
         "filters": report.filters.as_dict(),
         "as_of": report.as_of.isoformat() if report.as_of else None,
-        "rows": len(report.rows),
+        "rows": len(report.rows) if rows is None else rows,
     }
     if fmt:
         details["format"] = fmt

@@ -31,7 +31,13 @@ class ReportFilterForm(forms.Form):
     environment = forms.ChoiceField(required=False, choices=[("", "All"), *Environment.choices])
     state = forms.ChoiceField(required=False, choices=[("", "All"), *RotationState.choices])
     flag = forms.ChoiceField(required=False, choices=[("", "Any"), *FlagName.choices])
-    as_of = forms.CharField(required=False, max_length=40, label="As of", help_text="YYYY-MM-DD (end of day, UTC)")
+    as_of = forms.CharField(
+        required=False,
+        max_length=40,
+        validators=[refuse_key_shaped],
+        label="As of",
+        help_text="YYYY-MM-DD (end of day, UTC)",
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -47,6 +53,13 @@ class ReportFilterForm(forms.Form):
         return as_of
 
 
+def page_number(request):
+    try:
+        return max(int(request.GET.get("page", 1)), 1)
+    except ValueError:
+        return 1
+
+
 def rotation_report_view(request, model_admin):
     if request.method != "GET":
         return HttpResponseNotAllowed(["GET"])
@@ -57,17 +70,18 @@ def rotation_report_view(request, model_admin):
     if not request.GET or form.is_valid():
         data = form.cleaned_data if request.GET else {}
         filters = report.Filters(**{name: data.get(name) or "" for name in FILTERS})
-        result = report.build(filters, now(), data.get("as_of"))
         fmt = request.GET.get("format", "")
         if fmt in FORMATS:
+            result = report.build(filters, now(), data.get("as_of"))
             content_type, render = FORMATS[fmt]
             AuditEvent.record(request.user, "report.exported", None, **report.audit_details(result, fmt))
             response = HttpResponse(render(result), content_type=content_type)
             stamp = (result.as_of or result.generated_at).strftime("%Y%m%d")
             response["Content-Disposition"] = f'attachment; filename="rotation-report-{stamp}.{fmt}"'
             return response
-        AuditEvent.record(request.user, "report.viewed", None, **report.audit_details(result))
-    page = Paginator(result.rows if result else [], PAGE_SIZE).get_page(request.GET.get("page"))
+        result, count = report.build_page(filters, now(), data.get("as_of"), page_number(request), PAGE_SIZE)
+        AuditEvent.record(request.user, "report.viewed", None, **report.audit_details(result, rows=count))
+    page = Paginator(range(count if result else 0), PAGE_SIZE).get_page(page_number(request))
     query = request.GET.copy()
     query.pop("page", None)
     query.pop("format", None)
@@ -78,7 +92,8 @@ def rotation_report_view(request, model_admin):
         "form": form,
         "report": result,
         "page": page,
-        "rows": [{**row, "badge": state_badge(row["state"])} for row in page.object_list],
+        "rows": [{**row, "badge": state_badge(row["state"])} for row in (result.rows if result else [])],
+        "count": count if result else 0,
         "totals": [(RotationState(s).label, n) for s, n in result.totals.items()] if result else [],
         "flag_totals": [(FlagName(f).label, n) for f, n in result.flag_totals.items()] if result else [],
         "query": query.urlencode(),

@@ -139,13 +139,11 @@ def next_rotation_due(key):
     return (f.rotated_at or f.issued_at) + timedelta(days=f.policy_days)
 
 
-def rotation_state(key, now):
-    f = facts_of(key)
+def _state(f, due, now):
     if happened(f.revoked_at, now):
         return RotationState.REVOKED
     if happened(f.expires_at, now):
         return RotationState.EXPIRED
-    due = next_rotation_due(f)
     if due <= now:
         return RotationState.OVERDUE
     if due - timedelta(days=due_soon_days()) <= now:
@@ -153,21 +151,41 @@ def rotation_state(key, now):
     return RotationState.COMPLIANT
 
 
+def rotation_state(key, now):
+    f = facts_of(key)
+    return _state(f, next_rotation_due(f), now)
+
+
 def days_overdue(key, now):
     """Whole days past the due date for an overdue key, else 0."""
     f = facts_of(key)
-    if rotation_state(f, now) != RotationState.OVERDUE:
-        return 0
-    return (now - next_rotation_due(f)).days
+    due = next_rotation_due(f)
+    return (now - due).days if _state(f, due, now) == RotationState.OVERDUE else 0
 
 
 def stale_flags(key, now):
     """[Flag(name, reason, since)] in FlagName order; empty for a healthy key."""
+    return evaluate(key, now).flags
+
+
+class Evaluation(NamedTuple):
+    state: RotationState
+    next_due: datetime
+    days_overdue: int
+    flags: list
+
+
+OUTCOME_LABELS = dict(Outcome.choices)
+
+
+def evaluate(key, now):
+    """State, next due date, days overdue and flags at once (the report's per-row call)."""
     f = facts_of(key)
+    due = next_rotation_due(f)
+    state = _state(f, due, now)
     flags = []
-    revoked = happened(f.revoked_at, now)
-    if rotation_state(f, now) == RotationState.OVERDUE:
-        due = next_rotation_due(f)
+    revoked = state == RotationState.REVOKED
+    if state == RotationState.OVERDUE:
         flags.append(
             Flag(
                 FlagName.OVERDUE,
@@ -194,14 +212,14 @@ def stale_flags(key, now):
                 )
             )
     if not revoked and not happened(f.deleted_upstream_at, now):
-        last = Outcome(f.last_probe_outcome).label if f.last_probe_outcome in Outcome.values else "—"
         if f.last_probe_outcome == Outcome.INVALID_KEY:
             flags.append(Flag(FlagName.FAILING, "The last probe said the key is invalid.", None))
         elif f.consecutive_failures >= failing_count():
             flags.append(
                 Flag(
                     FlagName.FAILING,
-                    f"The last {f.consecutive_failures} probes failed (latest: {last}).",
+                    f"The last {f.consecutive_failures} probes failed "
+                    f"(latest: {OUTCOME_LABELS.get(f.last_probe_outcome, '—')}).",
                     None,
                 )
             )
@@ -215,7 +233,8 @@ def stale_flags(key, now):
         flags.append(Flag(FlagName.ORPHANED, reason[0].upper() + reason[1:] + ".", min(at for at, _ in orphan)))
     if happened(f.leaked_at, now):
         flags.append(Flag(FlagName.LEAKED, "The leak scan found this key's secret.", f.leaked_at))
-    return flags
+    overdue_days = (now - due).days if state == RotationState.OVERDUE else 0
+    return Evaluation(state, due, overdue_days, flags)
 
 
 # --- the same rules in SQL ---------------------------------------------------------------
