@@ -15,7 +15,6 @@ from datetime import UTC
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q
 from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
@@ -350,12 +349,12 @@ def rotation_report(
     state: StateName | None = None,
     flag: FlagValue | None = None,
     as_of: str | None = Query(None, max_length=40, description="YYYY-MM-DD (end of that day, UTC) or ISO date-time"),
-    offset: int = Query(0, ge=0),
+    page: int = Query(1, ge=1),
     limit: int | None = Query(None, ge=1),
 ):
-    """The rotation report (keys/report.py): one row per key with its state, stale flags
-    and reasons, totals per state and flag; now, or `as_of` a past date rebuilt from
-    history. Rows a page at a time (`offset`, `limit`); totals cover every row."""
+    """The rotation report (keys/report.py, the admin page's `build_page`): one row per key
+    with its state, stale flags and reasons, and totals per state and flag over every
+    row; now, or `as_of` a past date rebuilt from history. Rows a page at a time."""
     size = page_size(limit)
     now = timezone.now()
     try:
@@ -371,33 +370,20 @@ def rotation_report(
         raise ApiError(400, str(e), {"as_of": [str(e)]}) from None
     if at_date is not None and at_date > now:
         raise ApiError(400, "That is in the future.", {"as_of": ["The report shows what was, not what will be."]})
-    at = at_date or now
-    rows_query = report.queryset(filters, at, at_date)
-    counts = rows_query.order_by().aggregate(
-        count=Count("pk"),
-        **{f"state:{s}": Count("pk", filter=Q(key_state=s)) for s in states.RotationState.values},
-        **{f"flag:{f}": Count("pk", filter=Q(**{states.flag_field(f): True})) for f in states.FlagName.values},
-    )
-    rows = [report.make_row(values, at) for values in rows_query[offset : offset + size]]
-    AuditEvent.record(
-        request.auth.user,
-        "report.viewed",
-        None,
-        report="rotation",
-        filters=filters.as_dict(),
-        as_of=at_date.isoformat() if at_date else None,
-        rows=counts["count"],
-        via="api",
-    )
+    result, count = report.build_page(filters, now, at_date, page=page, per_page=size)
+    # build_page shows the last page for a page past the end; the API answers none.
+    rows = result.rows if (page - 1) * size < count or page == 1 else []
+    AuditEvent.record(request.auth.user, "report.viewed", None, **report.audit_details(result, rows=count), via="api")
     return {
         "generated_at": now,
         "as_of": at_date,
         "filters": filters.as_dict(),
-        "count": counts["count"],
-        "totals": {s: counts[f"state:{s}"] for s in states.RotationState.values},
-        "flag_totals": {f: counts[f"flag:{f}"] for f in states.FlagName.values},
+        "count": count,
+        "totals": result.totals,
+        "flag_totals": result.flag_totals,
+        "page": page,
         "rows": rows,
-        "next_offset": offset + size if offset + size < counts["count"] else None,
+        "next_page": page + 1 if page * size < count else None,
     }
 
 

@@ -180,8 +180,9 @@ class RotationReportOut(Schema):
     count: int = Field(description="Rows matching the filters (all pages).")
     totals: dict[str, int] = Field(description="Rows per rotation state.")
     flag_totals: dict[str, int] = Field(description="Rows per stale flag.")
+    page: int
     rows: list[ReportRowOut]
-    next_offset: int | None
+    next_page: int | None
 
 
 class SpendOut(Schema):
