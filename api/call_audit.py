@@ -4,13 +4,15 @@ INSERT per call; the path is stored with anything key-shaped removed (a key past
 a URL stays out of the audit log) and never with its query string.
 
 And a 4xx or 5xx under /api/ is logged here, as Django would ("Not Found: /api/…"), but
-with the same redacted path, before Django's own handler logs the raw one."""
+with the same redacted path, before Django's own handler logs the raw one. django-ninja's
+405 (a plain-text page) is given the API's error shape on the way out."""
 
+from django.http import JsonResponse
 from django.utils.log import log_response
 
 from accounts.models import AuditEvent
 
-from .errors import logged_path
+from .errors import body, logged_path
 
 
 class ApiCallAuditMiddleware:
@@ -19,6 +21,10 @@ class ApiCallAuditMiddleware:
 
     def __call__(self, request):
         response = self.get_response(request)
+        if response.status_code == 405 and request.path.startswith("/api/") and "json" not in response["Content-Type"]:
+            allowed = response.get("Allow", "")
+            response = JsonResponse(body("method_not_allowed", f"Allowed: {allowed}."), status=405)
+            response["Allow"] = allowed
         if response.status_code >= 400 and request.path.startswith("/api/"):
             log_response("%s: %s", response.reason_phrase, logged_path(request), response=response, request=request)
         token = getattr(request, "api_token", None)

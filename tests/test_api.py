@@ -756,3 +756,11 @@ def test_a_duplicate_that_slips_past_validation_is_still_a_400(client, admin_tok
     assert response.status_code == 400
     assert response.json()["error"]["fields"] == {"secret": ["This key is already registered."]}
     assert list(ApiKey.objects.values_list("name", flat=True)) == ["first"]
+
+
+def test_a_method_the_path_does_not_have_is_a_json_405(client, admin_token):
+    _, plaintext = admin_token
+    response = call(client, "DELETE", "/keys", plaintext)
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+    assert set(response["Allow"].replace(" ", "").split(",")) == {"GET", "POST"}
