@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import AuditEvent, Organization, Project, Tier
+from api.forms import ApiTokenForm
 from api.models import ApiToken
 from keys import formats
 from keys.models import ApiKey, Kind
@@ -764,3 +765,18 @@ def test_a_method_the_path_does_not_have_is_a_json_405(client, admin_token):
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "method_not_allowed"
     assert set(response["Allow"].replace(" ", "").split(",")) == {"GET", "POST"}
+
+
+def test_an_api_token_is_a_secret_to_the_leak_guard(admin_user, project):
+    # Refused in plain fields, removed from error reports and command output, like a key.
+    from console.leakguard import find_key_shaped, redact_key_shaped
+    from keys.forms import ApiKeyForm
+
+    _, plaintext = make_token(admin_user)
+    assert find_key_shaped(f"Bearer {plaintext}") is not None
+    assert plaintext not in redact_key_shaped(f"Authorization: Bearer {plaintext}.")
+    assert find_key_shaped(f"{plaintext[:-1]}") is None  # a cut-off one is not a token
+    form = ApiKeyForm(data={"project": project.pk, "name": plaintext, "secret": formats.generate()})
+    assert not form.is_valid() and "name" in form.errors
+    name_form = ApiTokenForm(data={"name": f"ci {plaintext}"})
+    assert not name_form.is_valid() and "name" in name_form.errors
