@@ -68,12 +68,12 @@ def message(key, due, days):
 
 
 def candidates(now):
-    """Active, unexpired keys whose next due date is within the largest threshold (or
+    """Active, unexpired keys still upstream whose next due date is within the largest threshold (or
     past), with their organization and project: one query, no ciphertext loaded."""
     days = reminder_days()
     horizon = now + timedelta(days=days[0] if days else 0)
     return (
-        ApiKey.objects.filter(revoked_at__isnull=True)
+        ApiKey.objects.filter(revoked_at__isnull=True, deleted_upstream_at__isnull=True)
         .with_rotation(now)
         .filter(
             key_state__in=[RotationState.OVERDUE, RotationState.DUE_SOON, RotationState.COMPLIANT],

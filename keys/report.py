@@ -17,6 +17,8 @@ SQL twins.
   PROBE_RESULTS_KEEP_DAYS are pruned: then there is no probe to show);
 - the last use is last_used_at when that is at or before it, else the newest usage bucket
   with requests ending at or before it, else unknown.
+What has no history is read as it is now: the rotation policy (organization and project),
+the owner, names and expires_at (a date, compared with the as-of moment).
 
 Rows never hold secret material: values() reads named columns only (no ciphertext, no
 fingerprint); the hint is the display hint. CSV cells that a spreadsheet would run as a
@@ -156,7 +158,6 @@ def as_of_sources(at):
         .values("n")
     )
     buckets = usage_bucket_model()
-    used = F("last_used_at")
     if buckets is not None:
         newest = (
             buckets.objects.filter(key=OuterRef("pk"), end_time__lte=at, num_model_requests__gt=0)

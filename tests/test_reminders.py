@@ -92,8 +92,9 @@ def test_a_rotated_key_starts_a_fresh_cycle(make_key):
 
 
 @pytest.mark.django_db
-def test_revoked_expired_and_compliant_keys_get_none(make_key):
+def test_revoked_expired_deleted_and_compliant_keys_get_none(make_key):
     make_key(issued_at=due_in(-5), revoked_at=NOW - DAY)
+    make_key(issued_at=due_in(-5), deleted_upstream_at=NOW - DAY)
     make_key(issued_at=due_in(-5), expires_at=NOW - DAY)
     make_key(issued_at=due_in(30))
     assert reminders.send_reminders(NOW) == 0

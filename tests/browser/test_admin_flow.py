@@ -180,6 +180,11 @@ def test_a_console_admin_registers_a_key_and_never_sees_its_secret_again(
     assert secret not in page.content()
     shoot(page, "probe-results")
 
+    page.goto(f"{live_server.url}/admin/keys/apikey/rotation-report/")
+    assert "assistant-web" in page.inner_text("#report-rows")
+    assert secret not in page.content()
+    shoot(page, "rotation-report")
+
     page.goto(f"{live_server.url}/admin/accounts/auditevent/")
     assert "assistant-web" in page.inner_text("#content")
     assert secret not in page.content()

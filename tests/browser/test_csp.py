@@ -75,6 +75,8 @@ def test_the_admin_runs_under_the_content_security_policy_without_a_violation(
     watch.visit(f"{base}/admin/")
     watch.visit(f"{base}/admin/keys/apikey/")
     assert "csp-key" in page.inner_text("#result_list")
+    watch.visit(f"{base}/admin/keys/apikey/rotation-report/")
+    assert "csp-key" in page.inner_text("#report-rows")
     watch.visit(f"{base}/admin/keys/apikey/{key.pk}/change/")
     assert secret not in page.content()
 
