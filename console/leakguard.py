@@ -14,6 +14,8 @@ OpenAI or Azure OpenAI secret (see keys/formats.py for the exact shapes):
     azure-hex   exactly 32 hexadecimal characters (not part of a longer hex run, so a
                 SHA-1 or SHA-256 digest is not one).
     azure-84    Microsoft's 84-character "common annotated security key" (JQQJ9 signature).
+    occ-token   this console's own REST API token: "occ_" not preceded by a letter or
+                digit, then 40 key characters (api/models.py).
 
 A value holding "%" is also searched once percent-decoded (a key in a URL). Redacted
 forms ("sk-abc...def", "sk-proj-…Ab3d", "sk-VKMIs***…wjh3") are not key-shaped.
@@ -46,6 +48,7 @@ _MARKER = re.compile(rf"(?<=[A-Za-z0-9_\-]{{20}}){MARKER}(?=[A-Za-z0-9_\-]{{20}}
 _SK_RUN = re.compile(r"(?<![A-Za-z0-9])sk-([A-Za-z0-9_\-]{32,})")
 # Not part of a longer hex run, except that a percent-escape before it ("%20") ends a run.
 _AZURE_HEX = re.compile(r"(?:(?<![0-9A-Fa-f])|(?<=%[0-9A-Fa-f]{2}))[0-9A-Fa-f]{32}(?![0-9A-Fa-f])")
+_OCC_TOKEN = re.compile(r"(?<![A-Za-z0-9])occ_[A-Za-z0-9_\-]{40}")
 _AZURE_84 = re.compile(r"[A-Za-z0-9]{52}JQQJ9[9DH][A-Za-z0-9][A-L][A-Za-z0-9]{16}[A-Za-z][A-Za-z0-9]{7}")
 
 REDACTED = "[key-shaped value removed]"
@@ -82,6 +85,7 @@ def _all_shapes(text):
     yield from _sk_runs(text)
     yield from (KeyShape("azure-hex", m.start(), m.end()) for m in _AZURE_HEX.finditer(text))
     yield from (KeyShape("azure-84", m.start(), m.end()) for m in _AZURE_84.finditer(text))
+    yield from (KeyShape("occ-token", m.start(), m.end()) for m in _OCC_TOKEN.finditer(text))
 
 
 def find_key_shaped(text):

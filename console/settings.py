@@ -35,6 +35,8 @@ INSTALLED_APPS = [
     "keys",
     "usage",
     "sync",
+    "api",
+    "ninja",  # the REST API's docs page serves Swagger UI from static files (no CDN)
     "sandbox",
     # Login hardening (see "Login and sessions" below).
     "django_otp",
@@ -61,6 +63,8 @@ MIDDLEWARE = [
     "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Audits every REST API call made with a token (api/call_audit.py).
+    "api.call_audit.ApiCallAuditMiddleware",
     # Last, as axes asks: it turns a lockout flagged during the request into the response.
     "axes.middleware.AxesMiddleware",
 ]
@@ -337,6 +341,12 @@ SYNC_CONCURRENCY = env.int("SYNC_CONCURRENCY", default=8)
 # send "Authorization: Bearer <token>".
 METRICS_ENABLED = env.bool("METRICS_ENABLED", default=DEBUG)
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# --- REST API (api/)
+# Calls one token may make per minute (a fixed window in the cache); more get 429.
+API_RATE_LIMIT_PER_MINUTE = env.int("API_RATE_LIMIT_PER_MINUTE", default=120)
+# Rows a list returns when the caller does not ask (limit=), and the most it may ask for.
+API_PAGE_SIZE_DEFAULT = env.int("API_PAGE_SIZE_DEFAULT", default=50)
+API_PAGE_SIZE_MAX = env.int("API_PAGE_SIZE_MAX", default=200)
 
 # --- Sandbox API (sandbox/)
 SANDBOX_PORT = env.int("SANDBOX_PORT", default=8100)

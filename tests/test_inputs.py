@@ -274,7 +274,7 @@ def test_every_management_command_of_the_project_is_guarded():
 
     from console.leakguard import GuardedCommand
 
-    ours = {name: app for name, app in get_commands().items() if app in ("accounts", "keys", "sandbox", "usage")}
+    ours = {name: app for name, app in get_commands().items() if app in ("accounts", "keys", "sandbox", "usage", "api")}
     assert {"add_org", "add_project", "add_key", "list_keys", "load_demo"} <= set(ours)
     for name, app in ours.items():
         assert isinstance(load_command_class(app, name), GuardedCommand), name
