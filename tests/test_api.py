@@ -67,12 +67,14 @@ def queued_probe_messages(broker):
 
 
 def world_snapshot():
-    """Every row a write could touch, except the audit events of the calls themselves."""
+    """Every row a write could touch, except the audit events of the calls themselves
+    (api.call, and access.denied for a refused one: the tests count those apart)."""
+    calls = ("api.call", "access.denied")
     return {
         "keys": sorted(map(repr, ApiKey.objects.order_by("pk").values())),
         "projects": sorted(map(repr, Project.objects.order_by("pk").values())),
         "orgs": sorted(map(repr, Organization.objects.order_by("pk").values())),
-        "audit": sorted(map(repr, AuditEvent.objects.exclude(action="api.call").order_by("pk").values())),
+        "audit": sorted(map(repr, AuditEvent.objects.exclude(action__in=calls).order_by("pk").values())),
     }
 
 
@@ -471,6 +473,11 @@ def test_a_reviewer_token_reads_but_every_write_is_403_and_changes_nothing(
         assert response.status_code == 403, (path, response.content)
         assert response.json()["error"]["code"] == "forbidden"
     assert world_snapshot() == before
+    # Each refusal is recorded once, as in the admin.
+    denied = AuditEvent.objects.filter(action="access.denied")
+    assert [(e.details["method"], e.details["path"]) for e in denied.order_by("pk")] == [
+        (method, f"/api/v1{path}") for method, path, _ in writes
+    ]
     assert queued_probe_messages(fresh_cache_and_broker) == []
 
 
@@ -740,6 +747,7 @@ def test_each_role_gets_exactly_its_rights_on_each_api_call(
             assert AuditEvent.objects.filter(action="report.viewed").count() == 1
             after["audit"] = [a for a in after["audit"] if "report.viewed" not in a]
         assert after == before
+        assert AuditEvent.objects.filter(action="access.denied").count() == (1 if want == 403 else 0)
         assert queued_probe_messages(fresh_cache_and_broker) == []
     elif path == "/keys":
         assert ApiKey.objects.filter(name="matrix").exists()
