@@ -358,6 +358,15 @@ def test_the_probe_keys_command_exits_0_when_no_outcome_in_fail_on_happened(key_
     assert "Failing keys" not in out.getvalue()
 
 
+def test_the_probe_keys_command_with_fail_on_none_always_exits_0(key_with):
+    from django.core.management import call_command
+
+    key_with("revoked")
+    out = StringIO()
+    call_command("probe_keys", "--no-progress", "--fail-on", "none", stdout=out)
+    assert "invalid_key" in out.getvalue() and "Failing keys" not in out.getvalue()
+
+
 def test_the_probe_keys_command_refuses_an_unknown_fail_on_outcome(db):
     from django.core.management import call_command
 

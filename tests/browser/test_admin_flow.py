@@ -103,7 +103,8 @@ def probe_all_keys():
 
     def run():
         try:
-            call_command("probe_keys", "--no-progress", stdout=open(os.devnull, "w"))
+            # Some demo keys fail by design: the sweep itself must succeed.
+            call_command("probe_keys", "--no-progress", "--fail-on", "none", stdout=open(os.devnull, "w"))
         except Exception as e:  # reported below, in the test's thread
             errors.append(e)
         finally:
