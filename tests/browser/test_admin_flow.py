@@ -186,9 +186,23 @@ def test_a_console_admin_registers_a_key_and_never_sees_its_secret_again(
     assert secret not in page.content()
     shoot(page, "rotation-report")
 
+    # Rotate: the new secret is probed first, then swapped in; the old one is superseded.
+    rotated = formats.generate(formats.PROJECT)
+    sandbox.register(rotated, fault="healthy", project="proj_AcmeAssistant01")
+    page.goto(f"{live_server.url}/admin/keys/apikey/{key.pk}/rotate/")
+    page.fill("#id_secret", rotated)
+    shoot(page, "key-rotate")
+    with page.expect_navigation():
+        page.click("input[name=_rotate]")
+    assert page.locator(".errornote, .errorlist").count() == 0, page.locator("#content").inner_text()
+    assert rotated not in page.content() and secret not in page.content()
+    key.refresh_from_db()
+    assert key.reveal_secret() == rotated
+    assert key.superseded_secrets.get().hint == formats.hint(secret)
+
     page.goto(f"{live_server.url}/admin/accounts/auditevent/")
     assert "assistant-web" in page.inner_text("#content")
-    assert secret not in page.content()
+    assert secret not in page.content() and rotated not in page.content()
     shoot(page, "audit-log")
 
     page.goto(f"{live_server.url}/admin/access/")
