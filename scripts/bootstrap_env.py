@@ -52,6 +52,9 @@ def defaults():
         "CONSOLE_FINGERPRINT_KEY": secrets.token_urlsafe(32),
         "OPENAI_BASE_URL": f"http://127.0.0.1:{sandbox_port()}/v1",
         "CONSOLE_DEMO_ADMIN_PASSWORD": generate_password(),
+        # Alert emails of the demo go to the worker's log, not to an SMTP server that is
+        # not there (set a real smtp:// URL to send them).
+        "EMAIL_URL": "consolemail://",
     }
 
 

@@ -277,6 +277,7 @@ def test_bootstrap_env_writes_a_complete_env_file_on_the_first_run(bootstrap_env
     )
     assert values["DEBUG"] == "true"
     assert values["OPENAI_BASE_URL"] == "http://127.0.0.1:8100/v1"
+    assert values["EMAIL_URL"] == "consolemail://"  # the demo's alerts land in the worker log
     assert crypto.parse_keyring(values["CONSOLE_ENCRYPTION_KEYS"]).current == 1
     assert len(values["CONSOLE_FINGERPRINT_KEY"]) >= 32
     assert values["CONSOLE_FINGERPRINT_KEY"] not in values["CONSOLE_ENCRYPTION_KEYS"]
