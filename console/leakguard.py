@@ -80,10 +80,11 @@ def _marker_spans(text):
         yield KeyShape("marker", match.start() - 20, match.end() + 20)
 
 
-def _all_shapes(text):
+def _all_shapes(text, hex_runs=True):
     yield from _marker_spans(text)
     yield from _sk_runs(text)
-    yield from (KeyShape("azure-hex", m.start(), m.end()) for m in _AZURE_HEX.finditer(text))
+    if hex_runs:
+        yield from (KeyShape("azure-hex", m.start(), m.end()) for m in _AZURE_HEX.finditer(text))
     yield from (KeyShape("azure-84", m.start(), m.end()) for m in _AZURE_84.finditer(text))
     yield from (KeyShape("occ-token", m.start(), m.end()) for m in _OCC_TOKEN.finditer(text))
 
@@ -121,6 +122,17 @@ def redact_key_shaped(text):
     if not spans:  # found only in the percent-decoded text: redact that
         return redact_key_shaped(unquote(text))
     return redact_key_shaped(_cut(text, spans))
+
+
+def redact_unmistakable_keys(text):
+    """`text` with OpenAI-shaped keys (the T3BlbkFJ marker, sk- runs), Azure's 84-character
+    keys and console API tokens cut out — but not bare 32-hex runs, which in log lines are
+    request ids and hashes far more often than Azure keys (log formatters use this)."""
+    text = text if isinstance(text, str) else str(text)
+    if len(text) < 32:
+        return text
+    spans = sorted(_all_shapes(text, hex_runs=False), key=lambda s: s.start)
+    return _cut(text, spans) if spans else text
 
 
 def _cut(text, spans):

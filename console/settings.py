@@ -362,7 +362,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {
+            "()": "console.log_format.PlainFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
         "json": {"()": "console.log_format.JsonFormatter"},
     },
     "filters": {"no_client_error_tracebacks": {"()": "console.log_filters.NoTracebackForClientErrors"}},

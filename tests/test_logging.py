@@ -66,3 +66,55 @@ def test_the_root_logger_has_one_handler(settings, configured_logging):
     the root would repeat."""
     assert len(settings.LOGGING["root"]["handlers"]) == 1
     assert all(not config.get("handlers") for config in settings.LOGGING["loggers"].values())
+
+
+# --- no key in a log line, whoever logs it ---------------------------------------------------
+@pytest.fixture
+def log_output(configured_logging):
+    """What the console's own handler writes, as text."""
+    import io
+
+    handler = logging.getLogger().handlers[0]
+    stream = io.StringIO()
+    previous = handler.setStream(stream)
+    yield stream
+    handler.setStream(previous)
+
+
+@override_settings(ROOT_URLCONF=__name__)
+def test_a_key_pasted_into_a_missing_url_is_cut_out_of_the_warning(client, log_output, db):
+    from keys import formats
+
+    openai_key, azure_key = formats.generate(formats.PROJECT), formats.generate(formats.AZURE)
+    for secret in (openai_key, azure_key):
+        assert client.get(f"/admin/keys/apikey/{secret}/change/").status_code == 404
+    text = log_output.getvalue()
+    assert text.count("Not Found: /admin/keys/apikey/[key-shaped value removed]/change/") == 2
+    assert openai_key not in text and openai_key[20:60] not in text
+    assert azure_key not in text
+
+
+def test_an_openai_key_in_any_log_line_is_cut_out_but_request_ids_stay(log_output, settings):
+    from keys import formats
+
+    secret = formats.generate(formats.SERVICE_ACCOUNT)
+    request_id = "req_" + "0123456789abcdef" * 2
+    log = logging.getLogger("somelibrary")
+    log.warning("calling with %s (%s)", secret, request_id)
+    try:
+        raise ValueError(f"bad key {secret}")
+    except ValueError:
+        log.exception("failed")
+    text = log_output.getvalue()
+    assert secret not in text and secret[15:70] not in text
+    assert request_id in text  # a 32-hex run in a log line is a request id, not redacted
+
+
+def test_the_json_format_cuts_keys_out_too(settings):
+    from console.log_format import JsonFormatter
+    from keys import formats
+
+    secret = formats.generate(formats.ADMIN)
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "key %s", (secret,), None)
+    line = JsonFormatter().format(record)
+    assert secret not in line and "[key-shaped value removed]" in line
