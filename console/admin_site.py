@@ -21,7 +21,7 @@ from functools import update_wrapper
 
 from axes.helpers import get_cool_off
 from django.contrib import admin
-from django.http import HttpResponseRedirect
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import path, reverse
 from django.utils import timezone
@@ -88,7 +88,10 @@ class ConsoleAdminSite(admin.AdminSite):
         return apps
 
     def index(self, request, extra_context=None):
-        """The dashboard above the app list, for everyone with admin access (read-only)."""
+        """The dashboard above the app list, for everyone with admin access. It only reads:
+        anything but GET or HEAD is refused (405)."""
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponseNotAllowed(["GET", "HEAD"])
         context = {"dashboard": dashboard.gather(timezone.now())}
         return super().index(request, {**context, **(extra_context or {})})
 

@@ -414,8 +414,8 @@ def test_reviewers_see_the_dashboard_and_change_nothing(reviewer_client, keys_wo
         keys_world["failing"].pk,
         keys_world["invalid"].pk,
     }
-    # A POST to the index changes nothing either.
-    reviewer_client.post(INDEX, {"action": "revoke_selected"})
+    # A POST to the index is refused and changes nothing either.
+    assert reviewer_client.post(INDEX, {"action": "revoke_selected"}).status_code == 405
     after = (list(ApiKey.objects.order_by("pk").values()), AuditEvent.objects.count(), Circuit.objects.count())
     assert after == before
 
