@@ -357,9 +357,9 @@ def test_constant_queries(admin_client, org, make_key, django_assert_num_queries
     build(org, make_key, n_keys, n_projects)
     build(other, make_key, n_keys // 5 or 1, 1)
     admin_client.get(INDEX)  # warm per-process caches (content types, sessions)
-    # The panels' 11 (test_gather_counts_queries_in_the_panels_only) and the admin's own 9:
-    # session, user, two-factor device, user and group permissions, recent actions, …
-    with django_assert_num_queries(20):
+    # The panels' 11 (test_gather_counts_queries_in_the_panels_only) and the admin's own 8:
+    # session, user, two-factor device, user and group permissions, …
+    with django_assert_num_queries(19):
         response = admin_client.get(INDEX)
     assert response.status_code == 200
     assert attention(response.content.decode())["circuits-open"][0] == min(n_keys // 5, 6) + min(
