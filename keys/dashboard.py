@@ -15,12 +15,12 @@ from datetime import timedelta
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.db.models import Count, F, Min, Q
+from django.db.models import Count, F, IntegerField, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce, TruncDate
 from django.urls import reverse
 
 from accounts import heartbeat
-from accounts.models import Project
+from accounts.models import Project, ProjectRateLimit
 from console import dashboard
 from console import dashboard_charts as charts
 from console.upstream import Outcome
@@ -87,14 +87,31 @@ def deferrals(active_keys, configured_rpm, share, interval_seconds):
 
 def project_rows():
     """One query: each project with active keys or an observed RPM, with its tier and
-    synced limit."""
+    synced limit (correlated subqueries: no join of every key with every rate limit)."""
+    active = (
+        ApiKey.objects.filter(project=OuterRef("pk"), revoked_at__isnull=True)
+        .order_by()
+        .values("project")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    synced = (
+        ProjectRateLimit.objects.filter(project=OuterRef("pk"))
+        .order_by()
+        .values("project")
+        .annotate(rpm=Min("max_requests_per_1_minute"))
+        .values("rpm")
+    )
     return (
         Project.objects.annotate(
-            active_keys=Count("api_keys", filter=Q(api_keys__revoked_at__isnull=True), distinct=True),
-            synced_rpm=Min("rate_limits__max_requests_per_1_minute"),
+            active_keys=Coalesce(Subquery(active, output_field=IntegerField()), 0),
+            configured=Coalesce(
+                Subquery(synced, output_field=IntegerField()),
+                F("tier__requests_per_minute"),
+                output_field=IntegerField(),
+            ),
         )
         .filter(Q(active_keys__gt=0) | Q(observed_rpm__isnull=False))
-        .annotate(configured=Coalesce(F("synced_rpm"), F("tier__requests_per_minute")))
         .values_list("name", "organization__name", "tier__name", "active_keys", "configured", "observed_rpm")
         .order_by("organization__name", "name")
     )
