@@ -74,6 +74,10 @@ def keys_world(make_key, project):
         "deleted": make_key(
             name="deleted", issued_at=recent, deleted_upstream_at=recent, last_probe_outcome="invalid_key"
         ),
+        # Revoked here after it was deleted upstream: settled, not counted as deleted upstream.
+        "settled": make_key(
+            name="settled", issued_at=recent, revoked_at=recent, deleted_upstream_at=recent, last_used_at=recent
+        ),
         "overdue": make_key(name="overdue", issued_at=now - timedelta(days=100)),
         "due_soon": make_key(name="due soon", issued_at=now - timedelta(days=85)),
         # Expired and past its rotation date: shown as expired, not overdue.
@@ -287,8 +291,8 @@ def test_charts_are_accessible_svg(admin_client, keys_world, project):
     assert "<script" not in "".join(charts)
     # The figures in words: 2 ok on the two oldest days, the failure and the throttle.
     assert "1 OK" in charts[0] and "1 failed" in charts[0] and "1 rate limited" in charts[0]
-    # Keys by rotation state: 10 keys, 1 revoked, 1 expired.
-    assert "Revoked: 1" in charts[1] and "Expired: 1" in charts[1]
+    # Keys by rotation state: 11 keys, 2 revoked, 1 expired.
+    assert "Revoked: 2" in charts[1] and "Expired: 1" in charts[1]
     assert "Chatbot: $12.50 of $100.00" in charts[2]
     assert "$12.50 billed" in charts[3]
 
