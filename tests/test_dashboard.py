@@ -436,3 +436,17 @@ def test_no_secret_on_the_dashboard(admin_client, make_key):
     content = admin_client.get(INDEX).content.decode()
     assert_no_canary(content, secret, "the dashboard")
     assert key.hint not in content  # the dashboard shows counts, not keys
+
+
+def test_on_the_demo_every_exact_link_shows_its_count(admin_client, sandbox):
+    """With `load_demo`'s data (overdue, revoked and admin keys, four projects), each count
+    whose link is a filter matches the rows that list shows."""
+    from tests.test_demo import load_demo
+
+    load_demo(sandbox.root)
+    counts = attention(admin_client.get(INDEX).content.decode())
+    exact = {slug: c for slug, c in counts.items() if "?" in c[1]}
+    assert len(exact) >= 11
+    for slug, (count, href) in exact.items():
+        assert len(listed(admin_client, href)) == count, slug
+    assert counts["rotation-overdue"][0] > 0
