@@ -92,7 +92,7 @@ class ConsoleAdminSite(admin.AdminSite):
         anything but GET or HEAD is refused (405)."""
         if request.method not in ("GET", "HEAD"):
             return HttpResponseNotAllowed(["GET", "HEAD"])
-        context = {"dashboard": dashboard.gather(timezone.now())}
+        context = {"dashboard": dashboard.gather(timezone.now(), request.user)}
         return super().index(request, {**context, **(extra_context or {})})
 
     def login(self, request, extra_context=None):

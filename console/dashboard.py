@@ -50,22 +50,28 @@ class Panel:
     charts: list = field(default_factory=list)  # SafeString <svg role="img">
 
 
-# [(order, name, function(now) -> Panel)], filled by AppConfig.ready.
+# [(order, name, function(now) -> Panel, permission)], filled by AppConfig.ready.
 _panels = []
 
 
-def register_panel(name, function, order=50):
-    if name not in [n for _, n, _ in _panels]:
-        _panels.append((order, name, function))
+def register_panel(name, function, order=50, permission=None):
+    """`permission`: who may see the panel (e.g. "keys.view_apikey": those who may read the
+    lists its counts link to); staff without it do not get its counts."""
+    if name not in [p[1] for p in _panels]:
+        _panels.append((order, name, function, permission))
         _panels.sort(key=lambda p: p[0])
 
 
-def gather(now):
-    """Every registered panel merged into one: {"attention", "status", "charts",
-    "unavailable"} (names of the panels that failed)."""
+def gather(now, user=None):
+    """The registered panels `user` may see (all when None) merged into one: {"attention",
+    "status", "charts", "unavailable"} (names of the panels that failed), or None when the
+    user may see none of them."""
     merged = Panel()
     unavailable = []
-    for _, name, function in _panels:
+    shown = [p for p in _panels if user is None or p[3] is None or user.has_perm(p[3])]
+    if not shown:
+        return None
+    for _, name, function, _ in shown:
         try:
             panel = function(now)
         except Exception as e:  # noqa: BLE001 — one panel's failure is not the page's

@@ -12,4 +12,4 @@ class KeysConfig(AppConfig):
         from . import checks, dashboard, metrics  # noqa: F401  (checks: registers the system checks)
 
         console_metrics.register_provider("keys", metrics.collect)
-        console_dashboard.register_panel("keys", dashboard.panel, order=10)
+        console_dashboard.register_panel("keys", dashboard.panel, order=10, permission="keys.view_apikey")

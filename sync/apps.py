@@ -12,4 +12,4 @@ class SyncConfig(AppConfig):
         from . import dashboard, metrics
 
         console_metrics.register_provider("sync", metrics.collect)
-        console_dashboard.register_panel("sync", dashboard.panel, order=30)
+        console_dashboard.register_panel("sync", dashboard.panel, order=30, permission="sync.view_upstreamkey")

@@ -382,7 +382,7 @@ def test_a_failing_panel_leaves_the_rest(admin_client, monkeypatch, keys_world):
     def broken(now):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(dashboard, "_panels", [(0, "broken", broken), *dashboard._panels])
+    monkeypatch.setattr(dashboard, "_panels", [(0, "broken", broken, None), *dashboard._panels])
     content = admin_client.get(INDEX).content.decode()
     assert "Unavailable: broken" in content
     assert attention(content)["keys-failing"][0] == 2
@@ -396,6 +396,18 @@ def test_anonymous_and_outsiders_get_the_login_page(client, outsider, keys_world
     response = client.get(INDEX)
     assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
     assert b"Needs attention" not in response.content
+
+
+def test_staff_without_a_role_get_no_counts(client, keys_world):
+    from django.contrib.auth.models import User
+
+    user = User.objects.create_user("sam", "sam@example.com", "pw-sam-123456", is_staff=True)
+    client.force_login(user)
+    response = client.get(INDEX)
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert "Needs attention" not in content and not attention(content)
+    assert 'class="dashboard-chart"' not in content
 
 
 def test_reviewers_see_the_dashboard_and_change_nothing(reviewer_client, keys_world):

@@ -12,4 +12,4 @@ class UsageConfig(AppConfig):
         from . import dashboard, metrics
 
         console_metrics.register_provider("usage", metrics.collect)
-        console_dashboard.register_panel("usage", dashboard.panel, order=20)
+        console_dashboard.register_panel("usage", dashboard.panel, order=20, permission="accounts.view_project")
