@@ -138,6 +138,7 @@ def measure_pages(world):
     client = Client()
     client.force_login(world["admin"])
     pages = [
+        ("dashboard (admin index)", "/admin/"),
         ("key list", "/admin/keys/apikey/"),
         ("key list, search", "/admin/keys/apikey/?q=k049"),
         ("key list, failing", "/admin/keys/apikey/?probe=failing"),

@@ -12,17 +12,23 @@ On top of Django's AdminSite it adds the login hardening (README, "Login and ses
   with the reason, HTTP 429), instead of a bare text.
 
 And the read-only "Access" page (access/, accounts/access.py), listed under the accounts app.
+
+The index is the dashboard (console/dashboard.py: panels the apps register; the template is
+templates/admin/index.html), with the app list below it.
 """
 
 from functools import update_wrapper
 
 from axes.helpers import get_cool_off
 from django.contrib import admin
-from django.http import HttpResponseRedirect
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import path, reverse
+from django.utils import timezone
 
 from accounts import access, two_factor
+
+from . import dashboard
 
 
 class ConsoleAdminSite(admin.AdminSite):
@@ -80,6 +86,14 @@ class ConsoleAdminSite(admin.AdminSite):
                     page = {"name": "Access", "object_name": "Access", "admin_url": url, "view_only": True}
                     app["models"].append(page)
         return apps
+
+    def index(self, request, extra_context=None):
+        """The dashboard above the app list, for everyone with admin access. It only reads:
+        anything but GET or HEAD is refused (405)."""
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponseNotAllowed(["GET", "HEAD"])
+        context = {"dashboard": dashboard.gather(timezone.now(), request.user)}
+        return super().index(request, {**context, **(extra_context or {})})
 
     def login(self, request, extra_context=None):
         context = {"second_factor_pending": two_factor.is_second_factor_pending(request.user)}

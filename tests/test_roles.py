@@ -400,6 +400,7 @@ def test_each_role_gets_exactly_its_rights_on_each_admin_url(client_as, world, r
 
 # Pages that only read: every staff role may look (a POST is not allowed), nobody changes anything.
 READ_ONLY_PAGES = {
+    "admin:index": {},  # the dashboard (tests/test_dashboard.py checks what it shows)
     "admin:usage_estimate_cost": {"model": "gpt-4o-mini", "input_tokens": "1000", "output_tokens": "10"},
     "admin:usage_reconciliation": {"months": "3"},
 }
