@@ -112,9 +112,7 @@ class ProbeNowAdmin:
         if not self.has_view_permission(request, key):
             raise PermissionDenied
         last = key.probe_results.order_by("-started_at").only("http_status").first()
-        response = JsonResponse(probe_status(key, last))
-        response["Cache-Control"] = "no-store"
-        return response
+        return JsonResponse(probe_status(key, last))  # never cached: admin_view
 
     def probe_context(self, request, key):
         """What the key page's template needs for the button and the status panel."""
