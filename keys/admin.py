@@ -344,6 +344,11 @@ class ApiKeyAdmin(ProbeNowAdmin, RotationDisplays, KeyActionsAdmin, AuditedAdmin
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         return super().changeform_view(request, object_id, form_url, extra_context)
 
+    def changelist_view(self, request, extra_context=None):
+        # The list's health columns need the width: no app sidebar beside the filters.
+        extra_context = {"is_nav_sidebar_enabled": False, **(extra_context or {})}
+        return super().changelist_view(request, extra_context)
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
         key = self.get_object(request, unquote(object_id))
         extra_context = {**(extra_context or {}), **self.probe_context(request, key)}
@@ -384,7 +389,7 @@ class ApiKeyAdmin(ProbeNowAdmin, RotationDisplays, KeyActionsAdmin, AuditedAdmin
     def last_probe_cell(self, key):
         if key.is_revoked():
             # A revoked key is not probed any more: never shown as failing.
-            return format_html("{}{}", badge("muted", "Not probed (revoked)"), small(moment(key.last_probe_at)))
+            return format_html("{}{}", badge("muted", "Not probed"), small(moment(key.last_probe_at)))
         if not key.last_probe_outcome:
             return outcome_badge("")
         failures = f" · {key.consecutive_failures} failed in a row" if key.consecutive_failures > 1 else ""
