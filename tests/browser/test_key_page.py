@@ -69,7 +69,11 @@ def seed_keys(make_key, project):
 
 
 def test_the_key_lists_health_columns_are_inside_a_1280_px_viewport(
-    laptop, live_server, console_admin, make_key, project
+    laptop,
+    live_server,
+    console_admin,  # noqa: F811
+    make_key,
+    project,
 ):
     seed_keys(make_key, project)
     watch = PolicyWatch(laptop)
