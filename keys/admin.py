@@ -7,6 +7,7 @@ audit events carry only hints, ids and field values (accounts.audit).
 """
 
 import logging
+from datetime import UTC, datetime
 from functools import partial
 
 from django.contrib import admin, messages
@@ -32,7 +33,7 @@ from . import rotation, tasks
 from .display import moment, outcome_label
 from .forms import ApiKeyForm
 from .models import ApiKey, Circuit, CircuitState, Kind, ProbeResult
-from .probe_admin import ProbeNowAdmin, remember_waiting
+from .probe_admin import ProbeNowAdmin, rate_limit_text, remember_waiting
 from .report_views import rotation_report_view
 from .rotation_admin import KeyActionsAdmin
 from .states_admin import RotationDisplays, RotationStateFilter, StaleFlagFilter, state_badge
@@ -487,20 +488,40 @@ class ApiKeyAdmin(ProbeNowAdmin, RotationDisplays, KeyActionsAdmin, AuditedAdmin
 class ProbeResultAdmin(ReadOnlyAdmin):
     list_display = [
         "key",
-        "started_at",
+        "started",
         "outcome_badge",
-        "http_status",
+        "status",
         "error_code",
         "duration_ms",
         "request_id",
-        "ratelimit_remaining_requests",
-        "ratelimit_remaining_tokens",
+        "requests_left",
+        "tokens_left",
+        "secret_hint",
     ]
     list_select_related = ["key"]
     ordering = ["-started_at"]
     list_filter = ["outcome"]
     search_fields = ["request_id", "client_request_id", "error_code", "key__name", "key__hint"]
     date_hierarchy = "started_at"
+    fields = [
+        "key",
+        "started",
+        "slot_display",
+        "outcome_badge",
+        "status",
+        "error_code",
+        "message",
+        "duration_ms",
+        "attempts",
+        "request_id",
+        "client_request_id",
+        "requests_left",
+        "tokens_left",
+        "organization_header",
+        "processing_ms",
+        "secret_hint",
+    ]
+    readonly_fields = fields
 
     class Media:
         css = BADGE_CSS
@@ -508,6 +529,34 @@ class ProbeResultAdmin(ReadOnlyAdmin):
     @admin.display(description="outcome", ordering="outcome")
     def outcome_badge(self, result):
         return outcome_badge(result.outcome)
+
+    @admin.display(description="started", ordering="started_at")
+    def started(self, result):
+        return moment(result.started_at)
+
+    @admin.display(description="scheduled for")
+    def slot_display(self, result):
+        return moment(datetime.fromtimestamp(result.slot, tz=UTC))
+
+    @admin.display(description="HTTP status", ordering="http_status")
+    def status(self, result):
+        return result.http_status or "—"
+
+    @admin.display(description="Rate limit: requests")
+    def requests_left(self, result):
+        return rate_limit_text(
+            result.ratelimit_remaining_requests, result.ratelimit_limit_requests, result.ratelimit_reset_requests
+        )
+
+    @admin.display(description="Rate limit: tokens")
+    def tokens_left(self, result):
+        return rate_limit_text(
+            result.ratelimit_remaining_tokens, result.ratelimit_limit_tokens, result.ratelimit_reset_tokens
+        )
+
+    @admin.display(description="OpenAI organization (header)")
+    def organization_header(self, result):
+        return result.openai_organization or "—"
 
 
 @admin.register(Circuit)

@@ -455,3 +455,29 @@ def test_the_status_json_is_what_the_page_script_reads():
     for name in ("last_probe_at", "last_probe_at_display", "outcome_label", "http_status"):
         assert f"status.{name}" in script
     assert json.dumps  # noqa: B018 (json is used by the browser test's twin)
+
+
+@pytest.mark.django_db
+def test_probe_results_read_with_human_labels(reviewer_client, make_key):
+    key, _ = make_key()
+    result = ProbeResult.objects.create(
+        key=key,
+        slot=1_764_115_200,
+        outcome=Outcome.QUOTA_EXHAUSTED,
+        http_status=429,
+        request_id="req_labels_1",
+        ratelimit_limit_requests=500,
+        ratelimit_remaining_requests=12,
+        ratelimit_reset_requests="3s",
+        openai_organization="org-labels",
+        secret_hint="sk-proj-…Lab1",
+    )
+    listing = reviewer_client.get(reverse("admin:keys_proberesult_changelist"))
+    headers = [h["text"] for h in listing.context["result_headers"]]
+    assert {"HTTP status", "Rate limit: requests", "Rate limit: tokens", "secret probed"} <= set(headers)
+    html = listing.content.decode()
+    assert "Quota exhausted" in html and "12 of 500 left, resets in 3s" in html
+    assert f"{result.started_at:%Y-%m-%d %H:%M:%S} UTC" in html
+    page = reviewer_client.get(reverse("admin:keys_proberesult_change", args=[result.pk])).content.decode()
+    assert "OpenAI organization" in page and "org-labels" in page
+    assert "2025-11-26 00:00:00 UTC" in page  # the slot, as a date and time
