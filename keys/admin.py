@@ -33,7 +33,7 @@ from . import rotation, tasks
 from .display import moment, outcome_label
 from .forms import ApiKeyForm
 from .models import ApiKey, Circuit, CircuitState, Kind, ProbeResult
-from .probe_admin import ProbeNowAdmin, rate_limit_text, remember_waiting
+from .probe_admin import ProbeNowAdmin, rate_limit_text, remember_waiting, start_run
 from .report_views import rotation_report_view
 from .rotation_admin import KeyActionsAdmin
 from .states_admin import RotationDisplays, RotationStateFilter, StaleFlagFilter, state_badge
@@ -469,6 +469,11 @@ class ApiKeyAdmin(ProbeNowAdmin, RotationDisplays, KeyActionsAdmin, AuditedAdmin
         )
         level = messages.INFO if queued or not key_ids else messages.WARNING
         self.message_user(request, probe_queued_message(queued, len(key_ids)), level)
+        if queued:
+            # Its live progress: how many of them were probed since, by outcome.
+            token = start_run(request, key_ids)
+            return HttpResponseRedirect(reverse("admin:keys_apikey_probe_run", args=[token]))
+        return None
 
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_selected(self, request, queryset):

@@ -9,11 +9,17 @@ only when the key was last probed, how, and with which HTTP status — never a s
 hint or a fingerprint.
 """
 
+import secrets
+
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Q
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect, JsonResponse
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.csrf import csrf_protect
@@ -22,11 +28,40 @@ from accounts.models import AuditEvent
 
 from . import tasks
 from .display import moment, outcome_label
+from .models import ApiKey
 
 HISTORY_LENGTH = 20
 # The session remembers, per key, that a probe was queued from the page: the next view of
 # the key's page then says so and polls for the outcome.
 WAITING = "keys.probe_waiting"
+# “Probe now” on selected keys: each run (its keys and when it was queued) is kept in the
+# requester's session under a random token; its page polls how many have been probed since.
+RUNS = "keys.probe_runs"
+MAX_RUNS = 5
+
+
+def start_run(request, key_ids):
+    """Remember a run of probes queued now; returns its token."""
+    token = secrets.token_urlsafe(12)
+    runs = dict(list(request.session.get(RUNS, {}).items())[-(MAX_RUNS - 1) :])
+    runs[token] = {"ids": [str(pk) for pk in key_ids], "since": timezone.now().isoformat()}
+    request.session[RUNS] = runs
+    return token
+
+
+def run_progress(run):
+    """{total, probed, finished, outcomes: [[label, count]…]}: how many of the run's keys
+    have a probe result since it was queued, by outcome. Two queries, whatever the size."""
+    since = parse_datetime(run["since"])
+    keys = ApiKey.objects.filter(pk__in=run["ids"])
+    done = Q(last_probe_at__gte=since)
+    counts = keys.aggregate(total=Count("pk"), probed=Count("pk", filter=done))
+    by_outcome = keys.filter(done).order_by().values_list("last_probe_outcome").annotate(n=Count("pk")).order_by("-n")
+    return {
+        **counts,
+        "finished": counts["probed"] >= counts["total"],
+        "outcomes": [[outcome_label(code), n] for code, n in by_outcome],
+    }
 
 
 def remember_waiting(request, key):
@@ -74,8 +109,39 @@ class ProbeNowAdmin:
             path(
                 "<path:object_id>/probe-status/", view(self.probe_status_view), name="{}_{}_probe_status".format(*info)
             ),
+            path("probe-runs/<str:token>/", view(self.probe_run_view), name="{}_{}_probe_run".format(*info)),
+            path(
+                "probe-runs/<str:token>/status/",
+                view(self.probe_run_status_view),
+                name="{}_{}_probe_run_status".format(*info),
+            ),
             *super().get_urls(),
         ]
+
+    def run_for(self, request, token):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        run = request.session.get(RUNS, {}).get(token)
+        if run is None:
+            raise Http404("No such probe run in this session.")
+        return run
+
+    def probe_run_view(self, request, token):
+        """The live progress of “Probe now” on selected keys (keys/static/keys/key_page.js)."""
+        run = self.run_for(request, token)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Probing the selected keys",
+            "progress": run_progress(run),
+            "status_url": reverse("admin:keys_apikey_probe_run_status", args=[token]),
+        }
+        return TemplateResponse(request, "admin/keys/apikey/probe_run.html", context)
+
+    def probe_run_status_view(self, request, token):
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponseNotAllowed(["GET"])
+        return JsonResponse(run_progress(self.run_for(request, token)))
 
     @method_decorator(csrf_protect)
     def probe_now_view(self, request, object_id):

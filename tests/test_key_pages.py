@@ -481,3 +481,44 @@ def test_probe_results_read_with_human_labels(reviewer_client, make_key):
     page = reviewer_client.get(reverse("admin:keys_proberesult_change", args=[result.pk])).content.decode()
     assert "OpenAI organization" in page and "org-labels" in page
     assert "2025-11-26 00:00:00 UTC" in page  # the slot, as a date and time
+
+
+# --- Probe now on selected keys: live progress ----------------------------------------------
+@pytest.mark.django_db
+def test_probing_selected_keys_shows_live_progress_until_done(
+    admin_client, reviewer_alone, make_key, sandbox, settings, sent
+):
+    settings.OPENAI_BASE_URL = sandbox.openai_url
+    settings.PROBE_PROJECT_RPM_SHARE = 1.0
+    healthy, healthy_secret = make_key(name="healthy")
+    revoked_upstream, revoked_secret = make_key(name="revoked upstream")
+    sandbox.register(healthy_secret, fault="healthy", project=healthy.project.openai_project_id)
+    sandbox.register(revoked_secret, fault="revoked", project=healthy.project.openai_project_id)
+    response = admin_client.post(
+        KEYS, {"action": "probe_selected", "_selected_action": [healthy.pk, revoked_upstream.pk], "index": "0"}
+    )
+    assert response.status_code == 302 and "/probe-runs/" in response.url
+    page = admin_client.get(response.url)
+    html = page.content.decode()
+    assert "Queued a probe for 2 key(s)" in html and "0 of 2 probed" in html and "keys/key_page.js" in html
+    status_url = page.context["status_url"]
+    assert admin_client.get(status_url).json() == {"total": 2, "probed": 0, "finished": False, "outcomes": []}
+
+    run_sent(sent)
+    progress = admin_client.get(status_url).json()
+    assert (progress["total"], progress["probed"], progress["finished"]) == (2, 2, True)
+    assert sorted(progress["outcomes"]) == [["Invalid key", 1], ["OK", 1]]
+    assert healthy_secret not in json.dumps(progress) and healthy.hint not in json.dumps(progress)
+    # A run lives in its requester's session: nobody else can read it.
+    assert reviewer_alone.get(status_url).status_code == 404
+
+
+@pytest.mark.django_db
+def test_nothing_queued_stays_on_the_list_without_a_progress_page(admin_client, make_key, monkeypatch):
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("down")
+
+    monkeypatch.setattr(tasks.probe_batch, "delay", broker_down)
+    key, _ = make_key()
+    response = admin_client.post(KEYS, {"action": "probe_selected", "_selected_action": [key.pk], "index": "0"})
+    assert response.status_code == 302 and "/probe-runs/" not in response.url

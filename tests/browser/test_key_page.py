@@ -186,3 +186,40 @@ def test_probe_now_shows_the_outcome_without_a_reload(
     watch.check()
     assert watch.found == []
     connections.close_all()
+
+
+def test_probing_selected_keys_shows_live_progress_until_done(
+    laptop,
+    live_server,
+    console_admin,  # noqa: F811
+    make_key,
+    sandbox,
+    settings,
+    monkeypatch,
+):
+    settings.OPENAI_BASE_URL = sandbox.openai_url
+    settings.PROBE_PROJECT_RPM_SHARE = 1.0
+    worker = InProcessWorker()
+    monkeypatch.setattr(tasks.probe_batch, "delay", worker.delay)
+    for name, fault in (("healthy-1", "healthy"), ("healthy-2", "healthy"), ("revoked-upstream", "revoked")):
+        key, secret = make_key(name=name)
+        sandbox.register(secret, fault=fault, project=key.project.openai_project_id)
+
+    watch = PolicyWatch(laptop)
+    log_in(laptop, live_server, "carol", PASSWORD)
+    watch.visit(f"{live_server.url}/admin/keys/apikey/")
+    laptop.check("#action-toggle")
+    laptop.select_option("select[name=action]", "probe_selected")
+    with laptop.expect_navigation():
+        laptop.click("button[name=index]")
+    assert "/probe-runs/" in laptop.url
+    laptop.evaluate("window.__samePage = true")
+    laptop.wait_for_selector("#probe-run[data-finished='1']", timeout=20_000)
+    assert laptop.inner_text("#probe-run-count") == "3 of 3 probed"
+    assert sorted(laptop.inner_text("#probe-run-outcomes").splitlines()) == ["Invalid key: 1", "OK: 2"]
+    assert laptop.is_visible("#probe-run-done")
+    assert laptop.evaluate("window.__samePage") is True
+    worker.join()
+    watch.check()
+    assert watch.found == []
+    connections.close_all()

@@ -65,7 +65,49 @@
     secret.addEventListener("paste", () => window.setTimeout(pick, 0));
   }
 
+  // "Probe now" on selected keys: how many of them were probed since, by outcome.
+  function watchRun(run) {
+    const bar = document.getElementById("probe-run-bar");
+    const count = document.getElementById("probe-run-count");
+    const outcomes = document.getElementById("probe-run-outcomes");
+    const done = document.getElementById("probe-run-done");
+    const started = Date.now();
+    function show(progress) {
+      bar.max = progress.total;
+      bar.value = progress.probed;
+      count.textContent = `${progress.probed} of ${progress.total} probed`;
+      outcomes.replaceChildren(
+        ...progress.outcomes.map(([label, n]) => {
+          const item = document.createElement("li");
+          item.textContent = `${label}: ${n}`;
+          return item;
+        }),
+      );
+    }
+    function poll() {
+      fetch(run.dataset.url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then((response) => (response.ok ? response.json() : null))
+        .then((progress) => {
+          if (progress) show(progress);
+          if (progress && progress.finished) {
+            run.dataset.finished = "1";
+            done.hidden = false;
+            return;
+          }
+          if (Date.now() - started > GIVE_UP_MS) {
+            count.textContent += " — the rest are queued; the next sweep probes any left behind.";
+            return;
+          }
+          window.setTimeout(poll, POLL_MS);
+        })
+        .catch(() => window.setTimeout(poll, POLL_MS * 3));
+    }
+    poll();
+  }
+
   function start() {
+    const run = document.getElementById("probe-run");
+    if (run && run.dataset.finished !== "1") watchRun(run);
     const panel = document.getElementById("probe-status");
     if (panel && panel.dataset.waiting === "1") watchProbe(panel);
     const secret = document.getElementById("id_secret");
