@@ -491,18 +491,8 @@ class ApiKeyAdmin(ProbeNowAdmin, RotationDisplays, KeyActionsAdmin, AuditedAdmin
 
 @admin.register(ProbeResult)
 class ProbeResultAdmin(ReadOnlyAdmin):
-    list_display = [
-        "key",
-        "started",
-        "outcome_badge",
-        "status",
-        "error_code",
-        "duration_ms",
-        "request_id",
-        "requests_left",
-        "tokens_left",
-        "secret_hint",
-    ]
+    # Error code, duration and the token limits are on each result's page.
+    list_display = ["key", "started", "outcome_badge", "status", "request", "requests_left", "secret_hint"]
     list_select_related = ["key"]
     ordering = ["-started_at"]
     list_filter = ["outcome"]
@@ -518,7 +508,7 @@ class ProbeResultAdmin(ReadOnlyAdmin):
         "message",
         "duration_ms",
         "attempts",
-        "request_id",
+        "request",
         "client_request_id",
         "requests_left",
         "tokens_left",
@@ -546,6 +536,10 @@ class ProbeResultAdmin(ReadOnlyAdmin):
     @admin.display(description="HTTP status", ordering="http_status")
     def status(self, result):
         return result.http_status or "—"
+
+    @admin.display(description="request id", ordering="request_id")
+    def request(self, result):
+        return result.request_id or "—"
 
     @admin.display(description="Rate limit: requests")
     def requests_left(self, result):

@@ -474,12 +474,12 @@ def test_probe_results_read_with_human_labels(reviewer_client, make_key):
     )
     listing = reviewer_client.get(reverse("admin:keys_proberesult_changelist"))
     headers = [h["text"] for h in listing.context["result_headers"]]
-    assert {"HTTP status", "Rate limit: requests", "Rate limit: tokens", "secret probed"} <= set(headers)
+    assert {"HTTP status", "request id", "Rate limit: requests", "secret probed"} <= set(headers)
     html = listing.content.decode()
     assert "Quota exhausted" in html and "12 of 500 left, resets in 3s" in html
     assert f"{result.started_at:%Y-%m-%d %H:%M:%S} UTC" in html
     page = reviewer_client.get(reverse("admin:keys_proberesult_change", args=[result.pk])).content.decode()
-    assert "OpenAI organization" in page and "org-labels" in page
+    assert "OpenAI organization" in page and "org-labels" in page and "Rate limit: tokens" in page
     assert "2025-11-26 00:00:00 UTC" in page  # the slot, as a date and time
 
 
