@@ -522,3 +522,18 @@ def test_nothing_queued_stays_on_the_list_without_a_progress_page(admin_client, 
     key, _ = make_key()
     response = admin_client.post(KEYS, {"action": "probe_selected", "_selected_action": [key.pk], "index": "0"})
     assert response.status_code == 302 and "/probe-runs/" not in response.url
+
+
+@pytest.mark.django_db
+def test_the_audit_log_reads_actions_as_phrases_and_keeps_the_codes(reviewer_client, admin_user, make_key):
+    from accounts.audit_phrases import phrase
+
+    key, _ = make_key()
+    AuditEvent.record(admin_user, "key.probe_requested", key, hint=key.hint, queued=True)
+    AuditEvent.record(admin_user, "key.updated", key, changes={"owner": {"old": "", "new": "ml"}})
+    AuditEvent.record(admin_user, "circuit.closed", None, host="api.openai.com", was="open")
+    html = reviewer_client.get(reverse("admin:accounts_auditevent_changelist")).content.decode()
+    for text in ("Asked for a probe (Probe now)", "Changed a key", "Closed a circuit", "owner: (empty) → ml"):
+        assert text in html
+    assert "key.probe_requested" in html  # the code, as the filter and the CSV name it
+    assert phrase("tier.created") == "Created a tier" and phrase("x.y_z") == "X: y z"
