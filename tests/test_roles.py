@@ -533,3 +533,43 @@ def test_changelist_queries_stay_constant_as_rows_grow(client_as, world, label):
     many = changelist_queries(client, url)
     assert ApiKey.objects.count() == 30
     assert many == few
+
+
+# --- The key page's Probe now and probe status (keys/probe_admin.py) -----------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("role", ROLES)
+def test_each_role_gets_exactly_its_rights_on_the_key_pages_probe_endpoints(client_as, world, role, monkeypatch):
+    from keys import tasks as key_tasks
+
+    sent = []
+    monkeypatch.setattr(key_tasks.probe_batch, "delay", lambda claims: sent.append(claims))
+    key = world["keys.apikey"]
+    client = client_as(role)
+    status_url = reverse("admin:keys_apikey_probe_status", args=[key.pk])
+    probe_url = reverse("admin:keys_apikey_probe_now", args=[key.pk])
+    before = snapshot()
+    since = last_event_id()
+    status = client.get(status_url)
+    probe = client.post(probe_url)
+    if role in ("outsider", "anonymous"):
+        for response in (status, probe):
+            assert response.status_code == 302 and response.url.startswith(reverse("admin:login"))
+        assert sent == [] and last_event_id() == since and snapshot() == before
+    elif role == "reviewer":
+        assert status.status_code == 200 and status.json()["outcome"] == "ok"
+        assert probe.status_code == 403
+        assert sent == []
+        assert_one_denial_recorded(since, role, "POST", probe_url)
+        assert snapshot(events_upto=since) == before
+    else:
+        assert status.status_code == 200
+        assert probe.status_code == 302
+        assert [c[0] for batch in sent for c in batch] == [str(key.pk)]
+        (event,) = AuditEvent.objects.filter(pk__gt=since)
+        assert (event.action, event.target_id, event.actor.username) == (
+            "key.probe_requested",
+            str(key.pk),
+            USERNAMES[role],
+        )
