@@ -156,13 +156,19 @@ class ProjectAdmin(accounts_admin.ProjectAdmin):
 
 # --- API keys -------------------------------------------------------------------------
 class StatusFilter(admin.SimpleListFilter):
-    """Active means usable: not revoked and not expired."""
+    """Active means usable: not revoked and not expired. "Not revoked" is what the console
+    still probes (expired keys included), as the dashboard counts keys deleted upstream."""
 
     title = "status"
     parameter_name = "status"
 
     def lookups(self, request, model_admin):
-        return [("active", "Active"), ("expired", "Expired"), ("revoked", "Revoked")]
+        return [
+            ("active", "Active"),
+            ("expired", "Expired"),
+            ("not_revoked", "Not revoked (expired included)"),
+            ("revoked", "Revoked"),
+        ]
 
     def queryset(self, request, queryset):
         at = now()
@@ -170,6 +176,8 @@ class StatusFilter(admin.SimpleListFilter):
             return queryset.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=at), revoked_at__isnull=True)
         if self.value() == "expired":
             return queryset.filter(expires_at__lte=at, revoked_at__isnull=True)
+        if self.value() == "not_revoked":
+            return queryset.filter(revoked_at__isnull=True)
         if self.value() == "revoked":
             return queryset.filter(revoked_at__isnull=False)
         return queryset

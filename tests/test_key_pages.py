@@ -108,6 +108,7 @@ def test_expired_keys_show_as_expired_and_revoked_keys_never_as_failing(admin_cl
     assert names(admin_client, {"status": "active"}) == []
     assert names(admin_client, {"status": "expired"}) == ["expired"]
     assert names(admin_client, {"status": "revoked"}) == ["revoked"]
+    assert names(admin_client, {"status": "not_revoked"}) == ["expired"]
     assert names(admin_client, {"probe": "failing"}) == []
 
 
