@@ -353,6 +353,14 @@ class ApiKeyAdmin(ProbeNowAdmin, RotationDisplays, KeyActionsAdmin, AuditedAdmin
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         return super().changeform_view(request, object_id, form_url, extra_context)
 
+    def get_object(self, request, object_id, from_field=None):
+        # The key page's mixins (its actions, Probe now) and Django's view each look the
+        # key up: once per request is enough.
+        memo = request.__dict__.setdefault("_keys_apikey_objects", {})
+        if (object_id, from_field) not in memo:
+            memo[(object_id, from_field)] = super().get_object(request, object_id, from_field)
+        return memo[(object_id, from_field)]
+
     def changelist_view(self, request, extra_context=None):
         # The list's health columns need the width: no app sidebar beside the filters.
         extra_context = {"is_nav_sidebar_enabled": False, **(extra_context or {})}
