@@ -28,6 +28,7 @@ from console.leakguard import find_key_shaped, redact_key_shaped
 from .access_admin import ConsoleGroupAdmin, ConsoleUserAdmin
 from .audit import AuditedAdmin, AuditedInline, AuditedPackageAdmin
 from .audit_export import csv_rows, details_text
+from .audit_phrases import phrase
 from .forms import OrganizationForm, ProjectForm
 from .models import AuditEvent, Organization, Project, Tier
 
@@ -216,7 +217,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
     and date; "Export CSV" downloads what the filters select (accounts/audit_export.py),
     and is itself recorded as "audit.exported" with the filters and the row count."""
 
-    list_display = ["at", "actor_label", "action", "target_type", "target_repr", "details_summary"]
+    list_display = ["at", "actor_label", "what", "target_type", "target_repr", "details_summary"]
     list_filter = [("actor_label", ActorFilter), "action", "target_type"]
     search_fields = ["actor_label", "target_repr"]
     date_hierarchy = "at"
@@ -233,6 +234,14 @@ class AuditEventAdmin(ReadOnlyAdmin):
     ]
     readonly_fields = ["details_summary"]
     list_select_related = ["actor"]
+
+    class Media:
+        css = BADGE_CSS
+
+    @admin.display(description="action", ordering="action")
+    def what(self, event):
+        # The phrase, and the code the filter and the CSV use.
+        return format_html('{}<br><span class="cell-detail">{}</span>', phrase(event.action), event.action)
 
     @admin.display(description="details")
     def details_summary(self, event):

@@ -21,6 +21,7 @@ be decrypted) say nothing about the host and are not recorded. By hand, a circui
 only ever closed (`Circuit.close`), never forced open.
 """
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -30,7 +31,10 @@ from django.utils import timezone
 
 from console.upstream import Outcome
 
+from .display import outcome_label
 from .models import Circuit, CircuitState
+
+log = logging.getLogger(__name__)
 
 NOT_FROM_HOST = {Outcome.SKIPPED_CIRCUIT_OPEN, Outcome.ERROR, Outcome.DECRYPTION_FAILED}
 
@@ -141,6 +145,10 @@ def save_breaker(b, now):
         return
     if b.recovered:
         # The host answered: closed, counting only the failures seen after that answer.
+        if b.holds_trial:
+            log.warning(
+                "circuit for %s closed: the trial probe got an answer (%s)", b.host, outcome_label(b.last_outcome)
+            )
         row.update(
             state=CircuitState.CLOSED,
             consecutive_failures=b.new_failures,
@@ -154,12 +162,15 @@ def save_breaker(b, now):
         )
     if b.holds_trial and b.state == CircuitState.OPEN:
         # Our trial failed: re-open for another cool-down.
-        row.filter(state=CircuitState.HALF_OPEN).update(
+        if row.filter(state=CircuitState.HALF_OPEN).update(
             state=CircuitState.OPEN, open_until=now + timedelta(seconds=settings.CIRCUIT_COOLDOWN_SECONDS)
-        )
+        ):
+            log.warning("circuit for %s re-opened: the trial probe failed (%s)", b.host, outcome_label(b.last_outcome))
     if b.new_failures:
         # Failures from every batch add up; whoever's update crosses the threshold opens it.
-        row.filter(state=CircuitState.CLOSED, consecutive_failures__gte=settings.CIRCUIT_FAILURE_THRESHOLD).update(
+        opened = row.filter(
+            state=CircuitState.CLOSED, consecutive_failures__gte=settings.CIRCUIT_FAILURE_THRESHOLD
+        ).update(
             state=CircuitState.OPEN,
             opened_at=now,
             # Until when this batch already told its skipped keys to wait, if it opened it.
@@ -167,3 +178,11 @@ def save_breaker(b, now):
             if b.state == CircuitState.OPEN
             else now + timedelta(seconds=settings.CIRCUIT_COOLDOWN_SECONDS),
         )
+        if opened:
+            log.warning(
+                "circuit for %s opened after %d host failures in a row (%s): probes to it pause for %d s",
+                b.host,
+                settings.CIRCUIT_FAILURE_THRESHOLD,
+                outcome_label(b.last_outcome),
+                settings.CIRCUIT_COOLDOWN_SECONDS,
+            )

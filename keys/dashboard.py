@@ -131,7 +131,7 @@ def panel(now):
         dashboard.Attention(
             "Keys deleted upstream",
             counts["deleted_upstream"],
-            key_list(status="active", deleted_upstream_at__isnull="False"),
+            key_list(status="not_revoked", deleted_upstream_at__isnull="False"),
         ),
     ]
 

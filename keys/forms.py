@@ -42,8 +42,8 @@ class ApiKeyForm(AuditedForm):
         required=False,
         strip=True,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
-        help_text="Paste the key. It is encrypted at once and never shown again; "
-        "only its hint (e.g. sk-proj-…Ab3d) is. Leave blank to keep the current secret.",
+        help_text="Paste the key (sk-proj-…, sk-svcacct-…, sk-admin-… or an Azure key). It is encrypted at once "
+        "and never shown again; only its hint (e.g. sk-proj-…Ab3d) is. Its first probe is queued when you save.",
     )
 
     class Meta:

@@ -21,6 +21,7 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters
 
 from . import rotation
+from .display import moment
 from .forms import RevokeForm, RotateForm
 
 
@@ -39,11 +40,11 @@ class KeyActionsAdmin:
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
                 (
-                    f"{e.at:%Y-%m-%d %H:%M}",
+                    moment(e.at),
                     e.get_action_display(),
                     e.actor_label,
                     " → ".join(h for h in (e.old_hint, e.new_hint) if h),
-                    e.reason or (f"grace until {e.grace_until:%Y-%m-%d %H:%M}" if e.grace_until else ""),
+                    e.reason or (f"grace until {moment(e.grace_until)}" if e.grace_until else ""),
                 )
                 for e in events
             ),
@@ -52,7 +53,7 @@ class KeyActionsAdmin:
             "",
             "<li>{} — superseded {}, {}</li>",
             (
-                (s.hint, f"{s.superseded_at:%Y-%m-%d %H:%M}", superseded_state(s))
+                (s.hint, moment(s.superseded_at), superseded_state(s))
                 for s in key.superseded_secrets.order_by("-superseded_at")
             ),
         )
@@ -225,6 +226,6 @@ def unlinked_rows(obj):
 
 def superseded_state(row):
     if row.revoked_at is None:
-        return f"works until {row.grace_until:%Y-%m-%d %H:%M}"
+        return f"works until {moment(row.grace_until)}"
     deleted = " and deleted upstream" if row.deleted_upstream_at else ""
-    return f"revoked {row.revoked_at:%Y-%m-%d %H:%M}{deleted}"
+    return f"revoked {moment(row.revoked_at)}{deleted}"

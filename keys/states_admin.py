@@ -7,6 +7,7 @@ from django.utils.timezone import now
 
 from console.admin_base import badge
 
+from .display import moment
 from .states import FlagName, RotationState
 
 STATE_BADGES = {
@@ -68,7 +69,7 @@ class RotationDisplays:
         if key._state.adding:
             return "-"
         due = key.next_rotation_due()
-        return format_html("{} ({}-day policy)", due.strftime("%Y-%m-%d %H:%M"), key.rotation_policy_days())
+        return format_html("{} ({}-day policy)", moment(due), key.rotation_policy_days())
 
     @admin.display(description="stale flags")
     def stale_flags_display(self, key):

@@ -1,7 +1,8 @@
 """Who may do what in the admin, URL by URL.
 
-Console admins have full rights on organizations, projects, tiers, keys and circuits and
-may only look at audit events and probe results. Security reviewers may look at
+Console admins have full rights on organizations, projects, tiers and keys, may close a
+circuit (its only action: nobody adds, edits or deletes one) and may only look at audit
+events and probe results. Security reviewers may look at
 everything and change nothing. Non-staff users and anonymous visitors are sent to the
 login page. Nobody, not even a superuser, adds, changes or deletes an audit event. A
 refused request (403) changes nothing but the audit log, where it is one "access.denied"
@@ -65,7 +66,7 @@ CHANGELISTS = {
         ["probe_selected", "revoke_selected", "delete_selected"],
     ),
     "keys.proberesult": ({"q": "req_roles_1", "outcome__exact": "ok"}, 1, ["delete_selected"]),
-    "keys.circuit": ({"q": "api.openai.com", "state__exact": "open"}, 1, ["close_selected", "delete_selected"]),
+    "keys.circuit": ({"q": "api.openai.com", "state__exact": "open"}, 1, ["close_selected"]),
     "usage.usagebucket": (
         {
             "q": "gpt-4o-mini",
@@ -107,13 +108,13 @@ ADMIN_WRITES = {
     "accounts.project",
     "accounts.tier",
     "keys.apikey",
-    "keys.circuit",
     "usage.modelprice",
 }
 # What nobody may write, superusers included.
 NOBODY_WRITES = {
     "accounts.auditevent",
     "keys.proberesult",
+    "keys.circuit",
     "usage.usagebucket",
     "usage.costbucket",
     "usage.ingeststate",
@@ -125,11 +126,13 @@ NOBODY_WRITES = {
     "sync.upstreamevent",
 }
 # Actions console admins (and superusers) may run on pages they may not edit: they act
-# upstream (sync/admin.py) and are checked against the organization's and the key's rights.
+# upstream (sync/admin.py) and are checked against the organization's and the key's rights; closing
+# a circuit (keys/admin.py) makes the keys it held back due.
 ACTIONS_OF_ADMINS = {
     ("sync.syncedorganization", "sync_now"),
     ("sync.syncedorganization", "publish_budget"),
     ("sync.upstreamkey", "delete_upstream"),
+    ("keys.circuit", "close_selected"),
 }
 # What nobody may add by hand: circuits are made by the breaker, one per API host.
 NOBODY_ADDS = {"keys.circuit"}
@@ -531,3 +534,43 @@ def test_changelist_queries_stay_constant_as_rows_grow(client_as, world, label):
     many = changelist_queries(client, url)
     assert ApiKey.objects.count() == 30
     assert many == few
+
+
+# --- The key page's Probe now and probe status (keys/probe_admin.py) -----------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("role", ROLES)
+def test_each_role_gets_exactly_its_rights_on_the_key_pages_probe_endpoints(client_as, world, role, monkeypatch):
+    from keys import tasks as key_tasks
+
+    sent = []
+    monkeypatch.setattr(key_tasks.probe_batch, "delay", lambda claims: sent.append(claims))
+    key = world["keys.apikey"]
+    client = client_as(role)
+    status_url = reverse("admin:keys_apikey_probe_status", args=[key.pk])
+    probe_url = reverse("admin:keys_apikey_probe_now", args=[key.pk])
+    before = snapshot()
+    since = last_event_id()
+    status = client.get(status_url)
+    probe = client.post(probe_url)
+    if role in ("outsider", "anonymous"):
+        for response in (status, probe):
+            assert response.status_code == 302 and response.url.startswith(reverse("admin:login"))
+        assert sent == [] and last_event_id() == since and snapshot() == before
+    elif role == "reviewer":
+        assert status.status_code == 200 and status.json()["outcome"] == "ok"
+        assert probe.status_code == 403
+        assert sent == []
+        assert_one_denial_recorded(since, role, "POST", probe_url)
+        assert snapshot(events_upto=since) == before
+    else:
+        assert status.status_code == 200
+        assert probe.status_code == 302
+        assert [c[0] for batch in sent for c in batch] == [str(key.pk)]
+        (event,) = AuditEvent.objects.filter(pk__gt=since)
+        assert (event.action, event.target_id, event.actor.username) == (
+            "key.probe_requested",
+            str(key.pk),
+            USERNAMES[role],
+        )

@@ -385,9 +385,37 @@ def spend_summary(organization, project, budget, thresholds):
     return format_html("{} {}", " ".join(parts), state_badge(state))
 
 
+class KeyBudgetStateFilter(admin.SimpleListFilter):
+    """Keys by their project's budget state (admin keys have no project: never listed).
+    One query judges every project with budget_state, as BudgetStateFilter does."""
+
+    title = "budget state (project)"
+    parameter_name = "budget_state"
+
+    def lookups(self, request, model_admin):
+        return BudgetState.choices
+
+    def queryset(self, request, queryset):
+        if self.value() not in BudgetState.values:
+            return queryset
+        at = now()
+        rows = spend_columns.with_spend(Project.objects.order_by(), "project", at).values_list(
+            "pk", "spend_mtd", "monthly_budget_usd", "organization__alert_thresholds"
+        )
+        keep = [
+            pk
+            for pk, spent, budget, thresholds in rows
+            if budget_state(spent, budget, split_thresholds(thresholds), at) == self.value()
+        ]
+        return queryset.filter(project__in=keep)
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(keys_admin.ApiKeyAdmin):
-    """The key page adds the key's billed spend this month beside its last use."""
+    """The key page adds the key's billed spend this month beside its last use; the list
+    filters keys by their project's budget state."""
+
+    list_filter = [*keys_admin.ApiKeyAdmin.list_filter, KeyBudgetStateFilter]
 
     def get_fieldsets(self, request, obj=None):
         fieldsets = super().get_fieldsets(request, obj)
@@ -395,10 +423,10 @@ class ApiKeyAdmin(keys_admin.ApiKeyAdmin):
             return fieldsets
         # Last use moves next to the spend (from “Ownership and lifetime”).
         fieldsets = [
-            (name, {**options, "fields": [f for f in options["fields"] if f != "last_used_at"]})
+            (name, {**options, "fields": [f for f in options["fields"] if f != "last_used_at_display"]})
             for name, options in fieldsets
         ]
-        return [*fieldsets, ("Usage", {"fields": ["spend_this_month", "last_used_at"]})]
+        return [*fieldsets, ("Usage", {"fields": ["spend_this_month", "last_used_at_display"]})]
 
     def get_readonly_fields(self, request, obj=None):
         fields = list(super().get_readonly_fields(request, obj))
