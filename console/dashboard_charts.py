@@ -7,47 +7,20 @@ not `style=`, so the console's CSP allows them. Apps' dashboard panels build the
 with these (the spend-per-day chart reuses usage/charts.py's).
 """
 
-from itertools import count
-
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
+
+from console import svg as console_svg
+from console.svg import coordinate as _n
+from console.svg import text
 
 AXIS = "#757575"
 TEXT = "#424242"
 MARKER = "#c62828"
 
-_ids = count(1)
-
-
-def _n(value):
-    return f"{float(value):.1f}"
-
 
 def svg(width, height, title, desc, body):
-    uid = next(_ids)
-    return format_html(
-        '<svg xmlns="http://www.w3.org/2000/svg" class="dashboard-chart" role="img" width="{w}" height="{h}" '
-        'viewBox="0 0 {w} {h}" aria-label="{title}" aria-describedby="dash-chart-{uid}-desc">'
-        '<title id="dash-chart-{uid}-title">{title}</title><desc id="dash-chart-{uid}-desc">{desc}</desc>{body}</svg>',
-        w=width,
-        h=height,
-        uid=uid,
-        title=title,
-        desc=desc,
-        body=body,
-    )
-
-
-def text(x, y, label, anchor="start", size=11, fill=TEXT):
-    return format_html(
-        '<text x="{}" y="{}" font-size="{}" fill="{}" text-anchor="{}">{}</text>',
-        _n(x),
-        _n(y),
-        size,
-        fill,
-        anchor,
-        label,
-    )
+    return console_svg.svg(width, height, title, desc, body, css_class="dashboard-chart")
 
 
 def legend(x, y, items):

@@ -10,10 +10,13 @@ allows them.
 
 from dataclasses import dataclass
 from decimal import Decimal
-from itertools import count
 
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
+
+from console import svg
+from console.svg import coordinate as _n
+from console.svg import text as _text
 
 BILLED = "#1565c0"
 ESTIMATED = "#90caf9"
@@ -21,8 +24,6 @@ CUMULATIVE = "#2e7d32"
 BUDGET = "#c62828"
 AXIS = "#757575"
 TEXT = "#424242"
-
-_ids = count(1)
 
 
 @dataclass(frozen=True)
@@ -56,36 +57,8 @@ def usd(amount):
     return f"${Decimal(amount):,.2f}"
 
 
-def _n(value):
-    """A coordinate: plain decimal text, never markup."""
-    return f"{float(value):.1f}"
-
-
 def _svg(width, height, title, desc, body):
-    uid = next(_ids)
-    return format_html(
-        '<svg xmlns="http://www.w3.org/2000/svg" class="spend-chart" role="img" width="{w}" height="{h}" '
-        'viewBox="0 0 {w} {h}" aria-labelledby="chart-{uid}-title chart-{uid}-desc">'
-        '<title id="chart-{uid}-title">{title}</title><desc id="chart-{uid}-desc">{desc}</desc>{body}</svg>',
-        w=width,
-        h=height,
-        uid=uid,
-        title=title,
-        desc=desc,
-        body=body,
-    )
-
-
-def _text(x, y, label, anchor="start", size=11, fill=TEXT):
-    return format_html(
-        '<text x="{}" y="{}" font-size="{}" fill="{}" text-anchor="{}">{}</text>',
-        _n(x),
-        _n(y),
-        size,
-        fill,
-        anchor,
-        label,
-    )
+    return svg.svg(width, height, title, desc, body, css_class="spend-chart")
 
 
 def _legend(x, y, items):
