@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Case, DateTimeField, DurationField, ExpressionWrapper, F, Value, When
+from django.db.models import Case, DateTimeField, DurationField, ExpressionWrapper, F, Func, Value, When
 from django.db.models.functions import Coalesce
 from django.db.models.lookups import Exact, GreaterThanOrEqual, LessThanOrEqual
 
@@ -259,11 +259,30 @@ class Sources:
 
 LIVE = Sources()
 ONE_DAY = Value(timedelta(days=1), output_field=DurationField())
+MICROSECONDS_A_DAY = 86_400_000_000
+
+
+class Days(Func):
+    """A whole number of days as a duration. PostgreSQL multiplies an interval; SQLite
+    (the embedded default), where Django keeps durations as microseconds and cannot
+    multiply one, gets the microseconds."""
+
+    output_field = DurationField()
+
+    def as_sql(self, compiler, connection, **extra_context):
+        (days,) = self.get_source_expressions()
+        return compiler.compile(ExpressionWrapper(days * ONE_DAY, output_field=DurationField()))
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        (days,) = self.get_source_expressions()
+        microseconds = ExpressionWrapper(days * Value(MICROSECONDS_A_DAY), output_field=models.BigIntegerField())
+        return compiler.compile(microseconds)
 
 
 def due_expression(src):
-    policy = ExpressionWrapper(src.policy_days * ONE_DAY, output_field=DurationField())
-    return ExpressionWrapper(Coalesce(src.rotated_at, src.issued_at) + policy, output_field=DateTimeField())
+    return ExpressionWrapper(
+        Coalesce(src.rotated_at, src.issued_at) + Days(src.policy_days), output_field=DateTimeField()
+    )
 
 
 def _at(when):

@@ -276,3 +276,54 @@ def test_make_run_shows_probe_outcomes_soon_and_stops_without_an_error_line(fres
     for name, content in text.items():
         bad = [line for line in content.splitlines() if " ERROR" in line or "CRITICAL" in line or "Traceback" in line]
         assert bad == [], f"{name}: {bad}"
+
+
+# --- The embedded default's database ------------------------------------------------------
+SQLITE_AGREEMENT = """
+from datetime import timedelta
+from django.utils import timezone
+from accounts.models import Organization, Project
+from keys import formats, report, states
+from keys.models import ApiKey
+from keys.states import FlagName, RotationState
+
+now = timezone.now()
+org = Organization.objects.create(name="Lite", slug="lite")
+project = Project.objects.create(organization=org, name="P", rotation_policy_days=30)
+ages = [0, 10, 20, 29, 31, 100, 400]
+for n, days in enumerate(ages):
+    key = ApiKey(organization=org, project=project, name=f"k{n}", issued_at=now - timedelta(days=days))
+    key.set_secret(formats.generate())
+    key.save()
+keys = list(ApiKey.objects.select_related("project", "organization"))
+for state in RotationState.values:
+    by_sql = set(ApiKey.objects.in_rotation_state(state, now).values_list("pk", flat=True))
+    by_rule = {k.pk for k in keys if states.rotation_state(k, now) == state}
+    assert by_sql == by_rule, (state, len(by_sql), len(by_rule))
+for flag in FlagName.values:
+    ApiKey.objects.with_stale_flag(flag, now).count()
+assert len(report.build(now=now).rows) == len(ages)
+print("agree", len(keys))
+"""
+
+
+def test_on_the_embedded_sqlite_the_state_filters_agree_with_the_rules(fresh_checkout):
+    """`make run` runs on SQLite: the SQL twins of the rotation rules (the key list's
+    filters, the report, the dashboard's counts) must work there too, not only on
+    PostgreSQL, where the rest of the suite runs them."""
+    prepare(fresh_checkout)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "CONSOLE_ENV_FILE"}
+    }
+    result = subprocess.run(
+        [".venv/bin/python", "manage.py", "shell", "-c", SQLITE_AGREEMENT],
+        cwd=fresh_checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "agree 7" in result.stdout
