@@ -16,7 +16,8 @@ anything key-shaped when it was recorded.
 import csv
 import json
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+from console.exports import formula_safe
+
 COLUMNS = [
     "at",
     "actor",
@@ -32,8 +33,7 @@ COLUMNS = [
 
 def safe_cell(value):
     """`value` as CSV cell text that no spreadsheet runs as a formula."""
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
+    return "" if value is None else formula_safe(str(value))
 
 
 def value_text(value):

@@ -5,8 +5,14 @@ import csv
 import io
 
 # A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets
-# (OWASP's "CSV injection"); a leading apostrophe makes it text.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# (OWASP's "CSV injection"; control characters are skipped before reading one); a leading
+# apostrophe makes it text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def formula_safe(text):
+    """`text` as a cell a spreadsheet shows as text, never runs."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def safe_cell(value):
@@ -14,8 +20,7 @@ def safe_cell(value):
         return ""
     if hasattr(value, "isoformat"):
         return value.isoformat()
-    text = str(value)
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
+    return formula_safe(str(value))
 
 
 def csv_lines(header, rows):

@@ -39,6 +39,7 @@ from django.db.models import Case, Count, F, IntegerField, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils.dateparse import parse_date, parse_datetime
 
+from console.exports import formula_safe
 from console.upstream import Outcome
 
 from .models import ApiKey, KeyAction, KeyEvent, ProbeResult
@@ -336,15 +337,6 @@ def build_page(filters=None, now=None, as_of=None, page=1, per_page=200):
 
 
 # --- formats --------------------------------------------------------------------------------
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
-
-
-def spreadsheet_safe(text):
-    """A CSV cell a spreadsheet shows as text: a leading = + - @ or control character is
-    escaped with a quote (OWASP's CSV-injection advice)."""
-    return "'" + text if text.startswith(FORMULA_START) else text
-
-
 def plain(value):
     if value is None:
         return ""
@@ -371,7 +363,7 @@ def to_csv(report):
     writer = csv.writer(out)
     writer.writerow([header for _, header in COLUMNS])
     for row in report.rows:
-        writer.writerow([spreadsheet_safe(cell(row, field)) for field, _ in COLUMNS])
+        writer.writerow([formula_safe(cell(row, field)) for field, _ in COLUMNS])
     return out.getvalue()
 
 
