@@ -34,15 +34,17 @@ WORKER_BEAT_SECONDS = 30
 _last_worker_write = {}
 
 
-def record(name, now, value=None):
+def record(name, now, value=None, **figures):
     """Upsert one heartbeat row (one or two queries)."""
-    updated = Heartbeat.objects.filter(name=name).update(seen_at=now, value=value)
+    fields = {"seen_at": now, "value": value, **figures}
+    updated = Heartbeat.objects.filter(name=name).update(**fields)
     if not updated:
-        Heartbeat.objects.update_or_create(name=name, defaults={"seen_at": now, "value": value})
+        Heartbeat.objects.update_or_create(name=name, defaults=fields)
 
 
-def record_beat(now, sweep_seconds=None):
-    record(BEAT, now, sweep_seconds)
+def record_beat(now, sweep_seconds=None, claimed=None, queued=None):
+    """The sweep ran: when, how long it took, how many keys it claimed and queued."""
+    record(BEAT, now, sweep_seconds, claimed=claimed, queued=queued)
 
 
 def worker_name(hostname):
@@ -63,14 +65,16 @@ def record_worker(hostname, now, force=False):
 
 
 def snapshot(now, worker_window_seconds):
-    """{"beat_at", "beat_value", "worker_at", "workers"} in one query: the beat's last time
-    and figure, the freshest worker's time and how many workers were seen within the
-    window."""
+    """{"beat_at", "beat_value", "beat_claimed", "beat_queued", "worker_at", "workers"} in
+    one query: the beat's last time and figures, the freshest worker's time and how many
+    workers were seen within the window."""
     since = now - timedelta(seconds=worker_window_seconds)
     is_worker = Q(name__startswith=WORKER_PREFIX)
     row = Heartbeat.objects.aggregate(
         beat_at=Max("seen_at", filter=Q(name=BEAT)),
         beat_value=Max("value", filter=Q(name=BEAT)),
+        beat_claimed=Max("claimed", filter=Q(name=BEAT)),
+        beat_queued=Max("queued", filter=Q(name=BEAT)),
         worker_at=Max("seen_at", filter=is_worker),
         workers=Count("pk", filter=is_worker & Q(seen_at__gte=since)),
     )

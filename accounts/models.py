@@ -384,11 +384,15 @@ class Heartbeat(models.Model):
     "beat" when a worker ran a sweep beat scheduled, "worker:<hash>" per worker host
     (its name hashed: /readyz counts workers, it never names one). In the database
     because every process shares it, whatever the cache (the embedded default's cache is
-    per process). `value` carries a figure with the beat, e.g. the last sweep's seconds."""
+    per process). `value` carries a figure with the beat, e.g. the last sweep's seconds;
+    `claimed` and `queued` how many keys that sweep claimed and handed to workers (fewer
+    queued than claimed: the broker failed part-way and the rest were left due)."""
 
     name = models.CharField(max_length=80, unique=True)
     seen_at = models.DateTimeField()
     value = models.FloatField(null=True, blank=True)
+    claimed = models.PositiveIntegerField(null=True, blank=True)
+    queued = models.PositiveIntegerField(null=True, blank=True)
 
     def __str__(self):
         return f"{self.name} @ {self.seen_at:%Y-%m-%d %H:%M:%S}"

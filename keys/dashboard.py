@@ -189,14 +189,12 @@ def panel(now):
         dashboard.Status(
             "Probe sweep",
             (
-                f"Last sweep: {at:%Y-%m-%d %H:%M:%S %Z}, took {beats['beat_value'] or 0:.2f} s"
-                if at
-                else "No sweep has run yet",
+                sweep_text(at, beats) if at else "No sweep has run yet",
                 f"Probes in the last hour: {probed:,}" + (f" ({outcome_text})" if outcome_text else ""),
                 f"Failed probes in the last hour: {failed:,}; keys due now: {counts['due']:,}; "
                 f"workers seen: {beats['workers']}",
             ),
-            failing=stale or failed > 0,
+            failing=stale or failed > 0 or sweep_left_due(beats) > 0,
             url=reverse("admin:keys_proberesult_changelist"),
         )
     )
@@ -227,6 +225,26 @@ def panel(now):
         )
     )
     return p
+
+
+def sweep_left_due(beats):
+    """Keys the last sweep claimed but could not hand to a worker (the broker failed
+    part-way): they were left due for the next sweep."""
+    claimed, queued = beats["beat_claimed"], beats["beat_queued"]
+    return 0 if claimed is None or queued is None else max(claimed - queued, 0)
+
+
+def sweep_text(at, beats):
+    """The last sweep: when, how long, how many keys it claimed and queued, and the keys it
+    left due when the broker failed part-way."""
+    text = f"Last sweep: {at:%Y-%m-%d %H:%M:%S %Z}, took {beats['beat_value'] or 0:.2f} s"
+    if beats["beat_claimed"] is None:
+        return text
+    text += f", {beats['beat_claimed']:,} due key(s) claimed, {beats['beat_queued'] or 0:,} queued to workers"
+    left = sweep_left_due(beats)
+    if left:
+        text += f"; {left:,} left due: the broker did not take them (the next sweep retries)"
+    return text
 
 
 def probe_chart(now):

@@ -27,7 +27,9 @@ def sweep():
     queued = publish(claims)
     # /readyz and /metrics: beat is scheduling and a worker ran its sweep (accounts/heartbeat.py).
     finished = timezone.now()
-    heartbeat.record_beat(finished, sweep_seconds=(finished - started).total_seconds())
+    heartbeat.record_beat(
+        finished, sweep_seconds=(finished - started).total_seconds(), claimed=len(claims), queued=queued
+    )
     if claims:
         log.info("probe sweep: %d keys claimed, %d queued", len(claims), queued)
     return queued

@@ -243,6 +243,8 @@ def test_background_work(admin_client, org, make_key):
         last_outcome="rate_limited",
         last_error="429 from the Costs API",
         consecutive_failures=2,
+        last_duration_ms=3400,
+        last_counts={"buckets": 12, "results": 1500, "created": 20, "updated": 3, "unchanged": 1477},
     )
     SyncState.objects.create(
         organization=org,
@@ -258,8 +260,35 @@ def test_background_work(admin_client, org, make_key):
     assert "Probes in the last hour: 2 (" in content
     assert "Failed probes in the last hour: 1;" in content
     assert "Acme: 2 failed run(s) in a row (rate_limited): 429 from the Costs API" in content
+    assert (
+        "took 3.4 s, 12 buckets and 1,500 results read: 20 rows created, 3 updated, 1,477 unchanged" in content
+    )
     assert "took 2.5 s, 7 request(s), outcome ok" in content
     assert "unmanaged 1, updated 4" in content
+
+
+def test_the_last_sweep_says_how_many_keys_it_claimed_and_queued(admin_client, make_key, monkeypatch, settings):
+    """The real sweep task records its figures; a broker failing part-way shows as keys
+    left due, and the sweep's status turns failing."""
+    from keys import tasks
+
+    settings.PROBE_BATCH_SIZE = 2
+    for _ in range(5):
+        make_key()
+    sent = []
+
+    def delay(claims):
+        if sent:
+            raise ConnectionError("broker went away")
+        sent.append(claims)
+
+    monkeypatch.setattr(tasks.probe_batch, "delay", delay)
+    assert tasks.sweep() == 2
+
+    content = admin_client.get(INDEX).content.decode()
+    assert "5 due key(s) claimed, 2 queued to workers; 3 left due: the broker did not take them" in content
+    # The three are due again, for the next sweep.
+    assert ApiKey.objects.filter(next_probe_at__lte=timezone.now()).count() == 3
 
 
 def test_charts_are_accessible_svg(admin_client, keys_world, project):

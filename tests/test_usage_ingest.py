@@ -173,6 +173,16 @@ def test_a_second_run_of_the_same_window_writes_nothing(org, project_key, admin_
 
     assert (second.total().created, second.total().updated) == (0, 0)
     assert second.total().unchanged == counts[0] + counts[1]
+    # The state keeps the last run's figures for the dashboard and the ingest state list.
+    state = IngestState.objects.get(organization=org)
+    assert state.last_counts == {
+        "buckets": second.total().buckets,
+        "results": second.total().results,
+        "created": 0,
+        "updated": 0,
+        "unchanged": counts[0] + counts[1],
+    }
+    assert state.last_counts["results"] > 0 and state.last_duration_ms is not None
     assert (UsageBucket.objects.count(), CostBucket.objects.count()) == counts
     assert (usage_total("input_tokens"), CostBucket.objects.aggregate(s=Sum("amount"))["s"]) == sums
     # Counted at the database: no row was rewritten by the second run.

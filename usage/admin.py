@@ -198,6 +198,7 @@ class IngestStateAdmin(ReadOnlyAdmin):
         "state",
         "last_success_at",
         "last_attempt_at",
+        "last_run",
         "consecutive_failures",
         "next_attempt_at",
         "last_error",
@@ -215,6 +216,17 @@ class IngestStateAdmin(ReadOnlyAdmin):
         if row.is_failing():
             return badge("failing", row.last_outcome or "failing")
         return badge("ok", "OK") if row.last_success_at else badge("muted", "Never")
+
+    @admin.display(description="last run", ordering="last_duration_ms")
+    def last_run(self, row):
+        """How long the last run took and the rows it wrote."""
+        if row.last_duration_ms is None:
+            return "—"
+        counts = row.last_counts or {}
+        return (
+            f"{row.last_duration_ms / 1000:.1f} s; {counts.get('results', 0):,} results read, "
+            f"{counts.get('created', 0):,} created, {counts.get('updated', 0):,} updated"
+        )
 
 
 # --- spend on the organization, project and key pages ---------------------------------

@@ -96,6 +96,8 @@ def panel(now):
             "last_error",
             "consecutive_failures",
             "synced_until",
+            "last_duration_ms",
+            "last_counts",
         ).order_by("organization__name")
     )
     p.status.append(ingestion_status(states, now))
@@ -103,23 +105,39 @@ def panel(now):
 
 
 def ingestion_status(states, now):
-    """The last ingestion across organizations: when, what it covered, which failed."""
+    """The last ingestion across organizations: when, how long, how many rows, what it
+    covered, which failed."""
     if not states:
         return dashboard.Status(
             "Usage ingestion", ("No ingestion has run yet.",), url=reverse("admin:usage_ingeststate_changelist")
         )
-    attempts = [s[1] for s in states if s[1]]
+    attempted = [s for s in states if s[1]]
     successes = [s[2] for s in states if s[2]]
     failing = [s for s in states if s[5]]
-    facts = [
-        f"Last run: {max(attempts):%Y-%m-%d %H:%M:%S %Z}" if attempts else "Never attempted",
+    facts = []
+    if attempted:
+        last = max(attempted, key=lambda s: s[1])
+        name, at, ms, counts = last[0], last[1], last[7], last[8] or {}
+        text = f"Last run: {name}, {at:%Y-%m-%d %H:%M:%S %Z}"
+        if ms is not None:
+            text += f", took {ms / 1000:.1f} s"
+        if counts:
+            text += (
+                f", {counts.get('buckets', 0):,} buckets and {counts.get('results', 0):,} results read: "
+                f"{counts.get('created', 0):,} rows created, {counts.get('updated', 0):,} updated, "
+                f"{counts.get('unchanged', 0):,} unchanged"
+            )
+        facts.append(text)
+    else:
+        facts.append("Never attempted")
+    facts.append(
         f"Organizations ingested: {len(successes)} of {len(states)}"
-        + (f"; last success {max(successes):%Y-%m-%d %H:%M:%S %Z}" if successes else ""),
-    ]
+        + (f"; last success {max(successes):%Y-%m-%d %H:%M:%S %Z}" if successes else "")
+    )
     until = [s[6] for s in states if s[6]]
     if until:
         facts.append(f"Complete up to {min(until):%Y-%m-%d %H:%M %Z} (the least advanced organization)")
-    for name, _, _, outcome, error, failures, _ in failing:
+    for name, _, _, outcome, error, failures, *_ in failing:
         facts.append(f"{name}: {failures} failed run(s) in a row ({outcome or 'error'}): {error or 'no message'}")
     if not failing:
         facts.append("Errors: none")

@@ -35,9 +35,10 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections import defaultdict
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -630,6 +631,7 @@ def ingest_organization(organization, since, until, now=None, endpoints=None):
     IngestState. Returns a Summary; never raises for upstream trouble (the failure is in
     `summary.failed[slug]` and on the state). Raises ValueError if it has no active
     admin key."""
+    started = time.monotonic()
     now = now or timezone.now()
     key = admin_key_of(organization)
     if key is None:
@@ -658,6 +660,8 @@ def ingest_organization(organization, since, until, now=None, endpoints=None):
         breakers.save(now=timezone.now())
     for name, counts in stored.items():
         summary.endpoints[name].add(counts)
+    state.last_duration_ms = round((time.monotonic() - started) * 1000)
+    state.last_counts = asdict(summary.total())
     if failure is None:
         record_success(state, until, now)
         summary.succeeded.append(organization.slug)

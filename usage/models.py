@@ -180,6 +180,10 @@ class IngestState(models.Model):
     last_error = models.CharField(max_length=500, blank=True, help_text="Scrubbed: no key fragment.")
     consecutive_failures = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # The last run (successful or not): how long it took and what it did, summed over the
+    # endpoints — {"buckets", "results", "created", "updated", "unchanged"}.
+    last_duration_ms = models.PositiveIntegerField("last run took (ms)", null=True, blank=True)
+    last_counts = models.JSONField("last run's counts", default=dict, blank=True)
 
     deleted_with_parent = True
 
