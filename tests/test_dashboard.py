@@ -260,9 +260,7 @@ def test_background_work(admin_client, org, make_key):
     assert "Probes in the last hour: 2 (" in content
     assert "Failed probes in the last hour: 1;" in content
     assert "Acme: 2 failed run(s) in a row (rate_limited): 429 from the Costs API" in content
-    assert (
-        "took 3.4 s, 12 buckets and 1,500 results read: 20 rows created, 3 updated, 1,477 unchanged" in content
-    )
+    assert "took 3.4 s, 12 buckets and 1,500 results read: 20 rows created, 3 updated, 1,477 unchanged" in content
     assert "took 2.5 s, 7 request(s), outcome ok" in content
     assert "unmanaged 1, updated 4" in content
 

@@ -4,20 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0006_ops_heartbeat'),
+        ("accounts", "0006_ops_heartbeat"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='heartbeat',
-            name='claimed',
+            model_name="heartbeat",
+            name="claimed",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='heartbeat',
-            name='queued',
+            model_name="heartbeat",
+            name="queued",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
     ]

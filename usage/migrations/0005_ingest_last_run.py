@@ -4,20 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('usage', '0004_seed_model_prices'),
+        ("usage", "0004_seed_model_prices"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='ingeststate',
-            name='last_counts',
+            model_name="ingeststate",
+            name="last_counts",
             field=models.JSONField(blank=True, default=dict, verbose_name="last run's counts"),
         ),
         migrations.AddField(
-            model_name='ingeststate',
-            name='last_duration_ms',
-            field=models.PositiveIntegerField(blank=True, null=True, verbose_name='last run took (ms)'),
+            model_name="ingeststate",
+            name="last_duration_ms",
+            field=models.PositiveIntegerField(blank=True, null=True, verbose_name="last run took (ms)"),
         ),
     ]
