@@ -49,6 +49,15 @@ def sweep(now):
         "How long the last probe sweep took to claim and queue.",
         value=beats["beat_value"] or 0,
     )
+    if beats["beat_claimed"] is not None:
+        yield GaugeMetricFamily(
+            "console_sweep_keys_claimed", "Due keys the last probe sweep claimed.", value=beats["beat_claimed"]
+        )
+        yield GaugeMetricFamily(
+            "console_sweep_keys_queued",
+            "Keys the last probe sweep handed to workers (fewer than claimed: the broker failed part-way).",
+            value=beats["beat_queued"] or 0,
+        )
     beat_age = _age(beats["beat_at"], now)
     if beat_age is not None:
         yield GaugeMetricFamily(

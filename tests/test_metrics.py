@@ -89,7 +89,7 @@ def test_probe_sweep_rotation_and_circuit_figures(client, enabled, make_key, pro
     ApiKey.objects.filter(pk=ok_key.pk).update(next_probe_at=now - timedelta(seconds=300))
     ApiKey.objects.filter(pk=bad_key.pk).update(next_probe_at=now + timedelta(hours=1))
     Circuit.objects.create(host="api.example.test", state=CircuitState.OPEN, consecutive_failures=5)
-    heartbeat.record_beat(now, sweep_seconds=1.5)
+    heartbeat.record_beat(now, sweep_seconds=1.5, claimed=40, queued=38)
 
     samples = scrape(client)
 
@@ -99,6 +99,7 @@ def test_probe_sweep_rotation_and_circuit_figures(client, enabled, make_key, pro
     assert value(samples, "console_keys_due") == 1
     assert 300 <= value(samples, "console_sweep_lag_seconds") < 400
     assert value(samples, "console_sweep_duration_seconds") == 1.5
+    assert (value(samples, "console_sweep_keys_claimed"), value(samples, "console_sweep_keys_queued")) == (40, 38)
     assert value(samples, "console_keys_by_rotation_state", state="overdue") == 1
     assert value(samples, "console_keys_by_rotation_state", state="compliant") == 1
     assert value(samples, "console_circuit_state", host="api.example.test", state="open") == 1
