@@ -24,9 +24,10 @@ import redis
 from django.conf import settings
 from django.db import connections
 
+from accounts.models import AuditEvent
 from console.upstream import Outcome
 from keys import formats
-from keys.models import ApiKey
+from keys.models import ApiKey, KeyAction, KeyEvent
 from tests.browser.test_admin_flow import PASSWORD, browser, console_admin, log_in, save  # noqa: F401
 from tests.browser.test_csp import PolicyWatch
 from tests.browser.test_dashboard_view import assert_zero_is_quiet_and_the_rest_prominent, attention_tiles
@@ -42,6 +43,7 @@ WIDTH, HEIGHT = 1280, 800
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("BROWSER_ARTIFACTS") or ROOT / "var" / "artifacts" / "browser") / "failing-key-story"
 FAILING_TILE = "#needs-attention li[data-attention=keys-failing]"
+REASON = "Rejected upstream (401 invalid_api_key); replaced by a new key."
 
 
 @pytest.fixture
@@ -179,7 +181,7 @@ def test_a_failing_key_shows_on_the_dashboard_and_in_failing_and_leaves_them_whe
     stats = sandbox.stats()
     assert stats["total"] == 3
     assert stats["per_key"] == {formats.hint(healthy_secret): 1}
-    assert [project for _, project in stats["recent"]].count(None) == 2
+    assert [where for _, where in stats["recent"]].count(None) == 2
     failing.refresh_from_db()
     assert failing.last_probe_outcome == Outcome.INVALID_KEY and failing.consecutive_failures == 2
     for secret in (healthy_secret, rejected_secret):
@@ -215,13 +217,16 @@ def test_a_failing_key_shows_on_the_dashboard_and_in_failing_and_leaves_them_whe
     page.goto(f"{live_server.url}/admin/keys/apikey/{failing.pk}/change/")
     follow(page, page.locator("#content a", has_text="Revoke"))
     assert "/revoke/" in page.url
-    page.fill("#id_reason", "Rejected upstream (401 invalid_api_key); replaced by a new key.")
+    page.fill("#id_reason", REASON)
     story.shoot("revoke-with-a-reason")
     follow(page, page.locator("input[name=_revoke]"))
     assert "Revoked in the console" in page.inner_text("ul.messagelist")
     story.shoot("revoked")
     failing.refresh_from_db()
     assert failing.revoked_at is not None
+    # The reason is kept in the key's history and the audit log.
+    assert KeyEvent.objects.get(key=failing, action=KeyAction.REVOKED).reason == REASON
+    assert AuditEvent.objects.get(action="key.revoked", target_id=str(failing.pk)).details["reason"] == REASON
 
     # The dashboard: nothing failing, shown quietly.
     page.goto(f"{live_server.url}/admin/")
