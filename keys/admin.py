@@ -33,7 +33,7 @@ from . import rotation, tasks
 from .display import moment, outcome_label
 from .forms import ApiKeyForm
 from .models import ApiKey, Circuit, CircuitState, Kind, ProbeResult
-from .probe_admin import ProbeNowAdmin, rate_limit_text, remember_waiting, start_run
+from .probe_admin import ProbeNowAdmin, last_probe_mark, rate_limit_text, remember_waiting, start_run
 from .report_views import rotation_report_view
 from .rotation_admin import KeyActionsAdmin
 from .states_admin import RotationDisplays, RotationStateFilter, StaleFlagFilter, state_badge
@@ -464,8 +464,9 @@ class ApiKeyAdmin(ProbeNowAdmin, RotationDisplays, KeyActionsAdmin, AuditedAdmin
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
         if not change or form.secret_changed():
-            # Its first probe is queued (or, without a broker, due): the key's page polls.
-            remember_waiting(request, obj)
+            # Its first probe is queued once this commits (or, without a broker, due): the
+            # key's page polls for a probe newer than what the key holds now.
+            remember_waiting(request, obj, last_probe_mark(obj))
 
         def say_if_not_queued():
             # Runs after the form's own on-commit enqueue, which sets first_probe_queued.

@@ -31,8 +31,11 @@ from .display import moment, outcome_label
 from .models import ApiKey
 
 HISTORY_LENGTH = 20
-# The session remembers, per key, that a probe was queued from the page: the next view of
-# the key's page then says so and polls for the outcome.
+# The session remembers, per key, that a probe was queued from the page and when the key
+# had last been probed before it: the next view of the key's page then says so and polls
+# until a newer probe shows. That "before" is taken when queuing, not when the page is
+# shown: a worker may answer first, and the page would then wait for a probe newer than
+# the one it was waiting for.
 WAITING = "keys.probe_waiting"
 # “Probe now” on selected keys: each run (its keys and when it was queued) is kept in the
 # requester's session under a random token; its page polls how many have been probed since.
@@ -64,18 +67,30 @@ def run_progress(run):
     }
 
 
-def remember_waiting(request, key):
-    waiting = set(request.session.get(WAITING, []))
-    waiting.add(str(key.pk))
-    request.session[WAITING] = sorted(waiting)
+def last_probe_mark(key):
+    """The key's last probe time as the status endpoint writes it (probe_status)."""
+    return key.last_probe_at.isoformat() if key.last_probe_at else ""
+
+
+def remember_waiting(request, key, since):
+    """`since`: last_probe_mark(key) read before the probe was queued."""
+    waiting = request.session.get(WAITING) or {}
+    if not isinstance(waiting, dict):  # a list of key ids, from before the mark was kept
+        waiting = dict.fromkeys(waiting)
+    request.session[WAITING] = {**waiting, str(key.pk): since}
 
 
 def take_waiting(request, key):
-    waiting = request.session.get(WAITING, [])
+    """(whether a probe was queued from the page, the mark from before it, else None)."""
+    waiting = request.session.get(WAITING) or {}
     if str(key.pk) not in waiting:
-        return False
-    request.session[WAITING] = [pk for pk in waiting if pk != str(key.pk)]
-    return True
+        return False, None
+    if isinstance(waiting, dict):
+        since = waiting.pop(str(key.pk))
+    else:
+        since, waiting = None, {pk: None for pk in waiting if pk != str(key.pk)}
+    request.session[WAITING] = waiting
+    return True, since
 
 
 def rate_limit_text(remaining, limit, reset):
@@ -88,7 +103,7 @@ def rate_limit_text(remaining, limit, reset):
 def probe_status(key, last):
     """The JSON the key page polls: only when, how and the HTTP status."""
     return {
-        "last_probe_at": key.last_probe_at.isoformat() if key.last_probe_at else None,
+        "last_probe_at": last_probe_mark(key) or None,
         "last_probe_at_display": moment(key.last_probe_at),
         "outcome": key.last_probe_outcome,
         "outcome_label": outcome_label(key.last_probe_outcome),
@@ -156,10 +171,11 @@ class ProbeNowAdmin:
         if key.is_revoked():
             self.message_user(request, "This key is revoked: it is not probed any more.", messages.WARNING)
             return back
+        since = last_probe_mark(key)
         queued = tasks.enqueue_probes([key.pk])
         AuditEvent.record(request.user, "key.probe_requested", key, hint=key.hint, queued=bool(queued))
         if queued:
-            remember_waiting(request, key)
+            remember_waiting(request, key, since)
             self.message_user(request, "Probe queued: its outcome appears below when it arrives.", messages.INFO)
         else:
             self.message_user(
@@ -185,11 +201,12 @@ class ProbeNowAdmin:
         if key is None:
             return {}
         can_probe = not key.is_revoked() and self.has_change_permission(request, key)
+        waiting, since = take_waiting(request, key)
         return {
             "probe_now_url": reverse("admin:keys_apikey_probe_now", args=[key.pk]) if can_probe else "",
             "probe_status_url": reverse("admin:keys_apikey_probe_status", args=[key.pk]),
-            "probe_waiting": take_waiting(request, key),
-            "probe_since": key.last_probe_at.isoformat() if key.last_probe_at else "",
+            "probe_waiting": waiting,
+            "probe_since": last_probe_mark(key) if since is None else since,
         }
 
     @admin.display(description="probe history (last 20)")

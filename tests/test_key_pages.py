@@ -6,6 +6,7 @@ read-only views, and circuits that can only be closed."""
 
 import json
 import logging
+import re
 from datetime import timedelta
 from decimal import Decimal
 
@@ -242,6 +243,43 @@ def test_probe_now_queues_the_probe_audits_it_and_the_page_polls(admin_client, a
     # Once: a later visit does not poll again.
     assert 'data-waiting="0"' in admin_client.get(change_url(key)).content.decode()
     assert secret not in page
+
+
+def data_since(page):
+    return re.search(r'id="probe-status"[^>]*data-since="([^"]*)"', page).group(1)
+
+
+@pytest.mark.django_db
+def test_a_probe_done_before_the_page_is_shown_still_ends_its_wait(
+    admin_client, make_key, sandbox, settings, sent, django_capture_on_commit_callbacks
+):
+    """A worker can answer before the browser follows the redirect. The page then waits
+    for a probe newer than the one before it was queued, not newer than the one it shows:
+    that one is already there and nothing newer would ever come."""
+    settings.OPENAI_BASE_URL = sandbox.openai_url
+    settings.PROBE_PROJECT_RPM_SHARE = 1.0
+    earlier = timezone.now() - timedelta(hours=1)
+    key, secret = make_key(last_probe_at=earlier, last_probe_outcome=Outcome.OK)
+    sandbox.register(secret, fault="revoked", project=key.project.openai_project_id)
+
+    admin_client.post(probe_now_url(key))
+    run_sent(sent)  # the worker was quicker than the redirect
+    page = admin_client.get(change_url(key)).content.decode()
+    assert 'data-waiting="1"' in page
+    assert data_since(page) == earlier.isoformat()
+    assert admin_client.get(status_url(key)).json()["last_probe_at"] != data_since(page)
+
+    # A new key: nothing was probed before it was queued.
+    from tests.test_admin import key_data
+
+    other = formats.generate(formats.PROJECT)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(ADD_KEY, key_data(other, project=key.project.pk, name="new key"))
+    added = ApiKey.objects.get(name="new key")
+    run_sent(sent)
+    assert ApiKey.objects.get(pk=added.pk).last_probe_at is not None
+    page = admin_client.get(response.url).content.decode()
+    assert 'data-waiting="1"' in page and data_since(page) == ""
 
 
 @pytest.mark.django_db

@@ -9,6 +9,7 @@ Debian's Chromium through Playwright, as tests/browser/test_admin_flow.py starts
 from datetime import timedelta
 
 import pytest
+from django.db import connections
 from django.utils import timezone
 
 from accounts import heartbeat
@@ -23,6 +24,36 @@ from usage.models import IngestState
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
 OUTCOMES = ["ok"] * 7 + ["rate_limited", "invalid_key", "timeout"]
+# keys/static/keys/dashboard.css: a non-zero count is red (#c62828) and bold, its tile
+# edged in red; a zero is grey, regular weight, with a hairline edge.
+ALERT_RED = "rgb(198, 40, 40)"
+READ_TILES = """els => els.map(li => {
+  const count = getComputedStyle(li.querySelector(".count"));
+  const link = getComputedStyle(li.querySelector("a"));
+  return {
+    slug: li.dataset.attention, count: parseInt(li.querySelector(".count").textContent, 10),
+    cls: li.className, colour: count.color, weight: parseInt(count.fontWeight, 10),
+    edge: link.borderLeftColor, edgeWidth: parseFloat(link.borderLeftWidth),
+  };
+})"""
+
+
+def attention_tiles(page):
+    """Each "Needs attention" tile as the browser draws it: its count, class and the
+    computed colour and weight of the count, and the colour and width of its left edge."""
+    return page.locator("#needs-attention li[data-attention]").evaluate_all(READ_TILES)
+
+
+def assert_zero_is_quiet_and_the_rest_prominent(tiles):
+    for t in tiles:
+        if t["count"]:
+            assert t["cls"] == "alert", t
+            assert t["colour"] == ALERT_RED and t["weight"] >= 600, t
+            assert t["edge"] == ALERT_RED and t["edgeWidth"] >= 4, t
+        else:
+            assert t["cls"] == "quiet", t
+            assert t["colour"] != ALERT_RED and t["weight"] < 600, t
+            assert t["edge"] != ALERT_RED and t["edgeWidth"] <= 1, t
 
 
 def seed_keys(org):
@@ -88,6 +119,10 @@ def test_the_dashboard_shows_counts_work_and_charts(browser, live_server, consol
         log_in(page, live_server, "carol", PASSWORD)
         watch.visit(f"{live_server.url}/admin/")
         assert page.locator("#needs-attention li.alert").count() >= 4
+        tiles = attention_tiles(page)
+        assert {t["slug"] for t in tiles if t["count"]} >= {"keys-failing", "keys-expired", "circuits-open"}
+        assert any(t["count"] == 0 for t in tiles)
+        assert_zero_is_quiet_and_the_rest_prominent(tiles)
         assert "eastus.api.cognitive.microsoft.com since" in page.locator("#needs-attention").inner_text()
         charts = page.locator("#dashboard-charts svg[role=img]")
         assert charts.count() == 4
@@ -103,3 +138,6 @@ def test_the_dashboard_shows_counts_work_and_charts(browser, live_server, consol
         assert watch.found == []
     finally:
         context.close()
+        # The ORM calls above ran beside Playwright's loop on context-local connections:
+        # closed, or the test database cannot be dropped at the end of the session.
+        connections.close_all()
