@@ -188,7 +188,9 @@ class LastProbeFilter(admin.SimpleListFilter):
     parameter_name = "probe"
 
     def lookups(self, request, model_admin):
-        return [("ok", "OK"), ("failing", "Failing"), ("rate_limited", "Rate limited"), ("never", "Never probed")]
+        # "Failed", not "Failing": any failed last probe (one timeout will do), where the
+        # dashboard's "Keys failing" is the stricter stale flag (keys/states.py).
+        return [("ok", "OK"), ("failing", "Failed"), ("rate_limited", "Rate limited"), ("never", "Never probed")]
 
     def queryset(self, request, queryset):
         value = self.value()

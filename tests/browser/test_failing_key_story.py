@@ -43,6 +43,9 @@ WIDTH, HEIGHT = 1280, 800
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("BROWSER_ARTIFACTS") or ROOT / "var" / "artifacts" / "browser") / "failing-key-story"
 FAILING_TILE = "#needs-attention li[data-attention=keys-failing]"
+# The key list's two failing choices: the stale flag the dashboard counts, and any failed
+# last probe.
+FAILING_CHOICES = (("stale flag", "Failing"), ("last probe", "Failed"))
 REASON = "Rejected upstream (401 invalid_api_key); replaced by a new key."
 
 
@@ -206,11 +209,11 @@ def test_a_failing_key_shows_on_the_dashboard_and_in_failing_and_leaves_them_whe
     # The sidebar's "Failing" choices, from the whole list, say the same.
     page.goto(f"{live_server.url}/admin/keys/apikey/")
     assert sorted(listed(page)) == ["assistant-web", "billing-batch"]
-    for title in ("stale flag", "last probe"):
+    for title, choice in FAILING_CHOICES:
         page.goto(f"{live_server.url}/admin/keys/apikey/")
-        follow(page, sidebar_choice(page, title, "Failing"))
+        follow(page, sidebar_choice(page, title, choice))
         assert listed(page) == ["billing-batch"], title
-    sidebar_choice(page, "last probe", "Failing").scroll_into_view_if_needed()
+    sidebar_choice(page, "last probe", "Failed").scroll_into_view_if_needed()
     story.shoot("failing-filter-lists-the-key")
 
     # Revoked through the UI: the key page's Revoke, with a reason.
@@ -239,9 +242,9 @@ def test_a_failing_key_shows_on_the_dashboard_and_in_failing_and_leaves_them_whe
     assert page.locator("#changelist .paginator").inner_text().strip().startswith("0 ")
     sidebar_choice(page, "stale flag", "Failing").scroll_into_view_if_needed()
     story.shoot("failing-filter-empty")
-    for title in ("stale flag", "last probe"):
+    for title, choice in FAILING_CHOICES:
         page.goto(f"{live_server.url}/admin/keys/apikey/")
-        follow(page, sidebar_choice(page, title, "Failing"))
+        follow(page, sidebar_choice(page, title, choice))
         assert listed(page) == [], title
 
     # The "Revoked" status filter lists it; the healthy key is still there, not revoked.
