@@ -17,6 +17,7 @@ PHRASES = {
     "key.secret_replaced": "Replaced a key's secret",
     "circuit.closed": "Closed a circuit",
     "organization.sync_requested": "Asked for an organization sync",
+    "usage.ingest_requested": "Asked for a usage ingest of a window",
     "report.viewed": "Viewed the rotation report",
     "report.exported": "Exported the rotation report",
     "user.password_changed": "Changed a user's password",

@@ -396,3 +396,74 @@ class Heartbeat(models.Model):
 
     def __str__(self):
         return f"{self.name} @ {self.seen_at:%Y-%m-%d %H:%M:%S}"
+
+
+class JobKind(models.TextChoices):
+    SYNC = "sync", "Organization sync"
+    INGEST = "ingest", "Usage ingest"
+
+
+class JobState(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class JobQuerySet(models.QuerySet):
+    def for_user(self, user):
+        """The jobs `user` may see: their own; every job for a superuser."""
+        if user.is_superuser:
+            return self
+        return self.filter(requested_by=user) if user.pk else self.none()
+
+
+class Job(models.Model):
+    """Long work started from the admin (an organization sync, a usage ingest window)
+    that a Celery worker runs and its progress page follows (accounts/jobs.py,
+    accounts/job_admin.py). In the database, because the web process that shows the page,
+    the worker that runs the job and beat are separate processes.
+
+    `parameters` holds what the task needs besides the organization (the window's dates):
+    never a secret. `summary` is what the page shows as a table when the job is done:
+    {"columns": [...], "rows": [[...], ...], "facts": [[label, value], ...]}. `error` is
+    scrubbed (console.upstream.scrub) before it is stored. `updated` is when the job last
+    showed progress: a queued or running job silent for longer than JOB_STALE_SECONDS is
+    stuck (no worker, or one that died)."""
+
+    kind = models.CharField(max_length=20, choices=JobKind.choices)
+    organization = models.ForeignKey(Organization, models.SET_NULL, null=True, blank=True, related_name="jobs")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True)
+    requested_by_label = models.CharField(max_length=150, help_text="Username when it was requested.")
+    parameters = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=20, choices=JobState.choices, default=JobState.QUEUED)
+    done = models.PositiveIntegerField(default=0)
+    total = models.PositiveIntegerField(null=True, blank=True, help_text="Unknown until the work is counted.")
+    step = models.CharField(max_length=200, blank=True)
+    summary = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    return_url = models.CharField(max_length=300, blank=True, help_text="Where the page's “Back to …” link goes.")
+    created = models.DateTimeField(default=now, db_index=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+    updated = models.DateTimeField(default=now)
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created", "-id"]
+
+    def __str__(self):
+        where = f" of {self.organization}" if self.organization_id else ""
+        return f"{self.get_kind_display()}{where} #{self.pk}"
+
+    def is_finished(self):
+        return self.state in (JobState.SUCCEEDED, JobState.FAILED)
+
+    def is_stale(self, at, after_seconds=None):
+        """Queued or running with no sign of life for longer than JOB_STALE_SECONDS:
+        no worker took it, or the one that did is gone."""
+        if self.is_finished():
+            return False
+        seconds = settings.JOB_STALE_SECONDS if after_seconds is None else after_seconds
+        return (at - self.updated).total_seconds() > seconds

@@ -11,7 +11,8 @@ On top of Django's AdminSite it adds the login hardening (README, "Login and ses
 - `lockout_response`: what django-axes answers a locked-out login with (the login page
   with the reason, HTTP 429), instead of a bare text.
 
-And the read-only "Access" page (access/, accounts/access.py), listed under the accounts app.
+And the read-only "Access" page (access/, accounts/access.py), listed under the accounts app;
+and the progress pages of jobs started from the admin (jobs/, accounts/job_admin.py).
 
 The index is the dashboard (console/dashboard.py: panels the apps register; the template is
 templates/admin/index.html), with the app list below it.
@@ -26,7 +27,7 @@ from django.shortcuts import render
 from django.urls import path, reverse
 from django.utils import timezone
 
-from accounts import access, two_factor
+from accounts import access, job_admin, two_factor
 
 from . import dashboard
 
@@ -71,11 +72,25 @@ class ConsoleAdminSite(admin.AdminSite):
             ),
             path("two-factor/disable/", site_view(two_factor.disable_view), name="two_factor_disable"),
             path("access/", self.admin_view(self.access_page), name="access"),
+            path("jobs/", self.admin_view(self.jobs_page), name="jobs"),
+            path("jobs/<int:pk>/", self.admin_view(self.job_page), name="job"),
+            path("jobs/<int:pk>/status/", self.admin_view(self.job_status), name="job_status"),
         ] + super().get_urls()
 
     def access_page(self, request):
         """Who has access, with which role (accounts/access.py)."""
         return access.access_view(request, self)
+
+    # Jobs started from the admin (a sync, an ingest window): their progress pages
+    # (accounts/job_admin.py).
+    def jobs_page(self, request):
+        return job_admin.jobs_view(request, self)
+
+    def job_page(self, request, pk):
+        return job_admin.job_view(request, self, pk)
+
+    def job_status(self, request, pk):
+        return job_admin.job_status_view(request, self, pk)
 
     def get_app_list(self, request, app_label=None):
         apps = super().get_app_list(request, app_label)

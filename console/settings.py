@@ -336,6 +336,12 @@ SYNC_INTERVAL_SECONDS = env.int("SYNC_INTERVAL_SECONDS", default=3600)
 SYNC_MAX_PAGES = env.int("SYNC_MAX_PAGES", default=1000)
 # Requests one organization's sync keeps in flight at once (projects are read in parallel).
 SYNC_CONCURRENCY = env.int("SYNC_CONCURRENCY", default=8)
+# --- Jobs started from the admin (accounts/jobs.py): an organization sync, a usage ingest
+# A queued or running job with no progress for this long says it is stuck (no worker took
+# it, or the one that did is gone) instead of spinning; a worker may then take it over.
+JOB_STALE_SECONDS = env.int("JOB_STALE_SECONDS", default=180)
+# Seconds between two progress writes of one job (the last one is always written).
+JOB_PROGRESS_INTERVAL_SECONDS = env.float("JOB_PROGRESS_INTERVAL_SECONDS", default=0.5)
 # --- Health and metrics (console/health.py, console/metrics.py; docs/OPERATIONS.md)
 # /metrics is served only when enabled (default: with DEBUG); with a token, scrapes must
 # send "Authorization: Bearer <token>".

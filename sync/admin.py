@@ -2,7 +2,10 @@
 
 - Organization sync: each organization's last run, its reconciliation counts, and its
   budgets beside the spend alerts OpenAI has; actions "Sync now" and "Publish budget as
-  spend alert" (for those who may change organizations; audited).
+  spend alert" (for those who may change organizations; audited). "Sync now" starts one
+  job per organization (accounts/jobs.py: each its own task, progress and outcome, so
+  one organization's failure is its own) and opens its progress page (several: the list
+  of one's jobs).
 - Upstream keys: every key the organization has upstream, with a filter for the
   unmanaged ones (register them by pasting the secret on a project's page, or delete
   them upstream: action behind a confirmation page, for those who may delete keys;
@@ -13,9 +16,11 @@
 from django.contrib import admin, messages
 from django.db.models import Prefetch
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 
-from accounts.models import AuditEvent
+from accounts import jobs
+from accounts.models import AuditEvent, JobKind, JobState
 from console.admin_base import ReadOnlyAdmin, badge
 
 from . import publish, tasks
@@ -145,10 +150,24 @@ class SyncedOrganizationAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Sync now", permissions=["sync"])
     def sync_now(self, request, queryset):
-        for org in queryset:
-            AuditEvent.record(request.user, "organization.sync_requested", org)
-            tasks.sync_one.delay(org.pk)
-        self.message_user(request, f"Sync queued for {queryset.count()} organization(s).")
+        back = reverse("admin:sync_syncedorganization_changelist")
+        started = [self.start_sync(request, org, back) for org in queryset.order_by("name")]
+        queued = sum(job.state != JobState.FAILED for job in started)
+        if queued:
+            self.message_user(request, f"Sync queued for {queued} organization(s).")
+        if queued < len(started):
+            self.message_user(
+                request, "No worker queue answered: run the sync from a shell (see the job).", messages.WARNING
+            )
+        return jobs.redirect_to(started)
+
+    def start_sync(self, request, org, back):
+        """One organization's sync as a job: queued for a worker, audited."""
+        command = f".venv/bin/python manage.py sync_org {org.slug}"
+        job = jobs.create(JobKind.SYNC, request.user, org, {"command": command}, return_url=back)
+        queued = jobs.enqueue(job, lambda: tasks.sync_one.delay(org.pk, job.pk), command)
+        AuditEvent.record(request.user, "organization.sync_requested", org, job=job.pk, queued=queued)
+        return job
 
     @admin.action(description="Publish budget as spend alert", permissions=["sync"])
     def publish_budget(self, request, queryset):

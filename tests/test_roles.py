@@ -30,6 +30,7 @@ from sync.models import (
     UpstreamKey,
     UpstreamServiceAccount,
 )
+from usage import tasks as usage_tasks
 from usage.models import BudgetAlert, CostBucket, IngestState, ModelPrice, UsageBucket
 
 # model label → (search and filter on its changelist, expected result count, actions)
@@ -37,7 +38,7 @@ CHANGELISTS = {
     "accounts.organization": (
         {"q": "Acme", "rotation_policy_days": "90", "budget_state": "none"},
         1,
-        ["delete_selected"],
+        ["delete_selected", "ingest_window"],
     ),
     "accounts.project": (
         {
@@ -244,7 +245,8 @@ def world(admin_user, make_key, monkeypatch):
         object_id="key_RolesUpstream1",
     )
     # "Sync now" queues a task: recorded here instead of sent to a broker nobody reads.
-    monkeypatch.setattr(sync_tasks.sync_one, "delay", lambda pk: None)
+    monkeypatch.setattr(sync_tasks.sync_one, "delay", lambda pk, job_id: None)
+    monkeypatch.setattr(usage_tasks.ingest_window, "delay", lambda job_id: None)
     return {
         "accounts.organization": key.organization,
         "accounts.project": key.project,

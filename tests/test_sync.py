@@ -651,7 +651,7 @@ def test_an_admin_publishes_budgets_from_the_sync_page_and_a_reviewer_may_not(
 
 @pytest.mark.django_db
 def test_sync_now_is_an_admins_action(client, org, world, admin_user, reviewer, sandbox, monkeypatch):
-    monkeypatch.setattr(tasks.sync_one, "delay", lambda pk: tasks.sync_one(pk))  # the worker, in-process
+    monkeypatch.setattr(tasks.sync_one, "delay", lambda pk, job_id: tasks.sync_one(pk, job_id))  # in-process
     client.force_login(reviewer)
     assert post_action(client, "sync_syncedorganization", "sync_now", [org.pk]).status_code == 403
     assert not SyncState.objects.exists()

@@ -17,6 +17,8 @@ subquery), show it with the budget, the percent used and a state badge, sort by 
 filter by budget state. The project page draws this month's daily spend against its
 budget, the organization page this month's spend per project (usage/charts.py, inline
 SVG), and a key's page shows its spend this month beside its last use.
+
+The organization list also has "Ingest usage for a window…" (usage/ingest_admin.py).
 """
 
 from django.contrib import admin
@@ -31,6 +33,7 @@ from keys.models import ApiKey
 
 from . import budgets, charts, spend_columns
 from .budgets import BudgetState, budget_state
+from .ingest_admin import IngestWindowActions
 from .models import CostBucket, IngestState, UsageBucket
 from .spend import month_to_date
 
@@ -322,7 +325,7 @@ def with_spend_columns(list_display):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(SpendColumns, keys_admin.OrganizationAdmin):
+class OrganizationAdmin(IngestWindowActions, SpendColumns, keys_admin.OrganizationAdmin):
     list_display = with_spend_columns(keys_admin.OrganizationAdmin.list_display)
     list_filter = [*keys_admin.OrganizationAdmin.list_filter, BudgetStateFilter]
 

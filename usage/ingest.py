@@ -296,12 +296,16 @@ async def fetch_all(target, since, until, breaker, endpoints, on_pages=None, sto
     return fetched, failure
 
 
-def fetch_and_store(organization, target, since, until, breaker, endpoints, now):
+def fetch_and_store(organization, target, since, until, breaker, endpoints, now, progress=None):
     """Fetch the pages in a background thread while this one stores each page as soon as
     it has arrived: the database writes of one page overlap the fetching of the next.
     Returns ({endpoint: Counts}, the IngestFailure or None). The thread touches no
     database; a store that raises stops it before its next page and is raised here once
-    it has finished."""
+    it has finished.
+
+    `progress(total=None, done=0, step=None)`, if given, hears of the endpoints (the
+    total), of each page stored (the step: the endpoint and its buckets so far), and of
+    each endpoint done; it is called in this thread, never in the fetching one."""
     ready, stop, outcome = queue.Queue(), threading.Event(), {}
 
     def fetch():
@@ -317,10 +321,19 @@ def fetch_and_store(organization, target, since, until, breaker, endpoints, now)
     thread = threading.Thread(target=fetch, name=f"usage-fetch-{organization.slug}", daemon=True)
     thread.start()
     counts = defaultdict(Counts)
+    report = progress or (lambda total=None, done=0, step=None: None)
+    report(total=len(endpoints))
+    current = None
     try:
         while (item := ready.get()) is not None:
+            if current is not None and item[0] != current:
+                report(done=1)  # every endpoint walked is handed over (fetch_all)
+            current = item[0]
             for name, page_counts in store(organization, [item], now).items():
                 counts[name].add(page_counts)
+            report(step=f"{current}: {counts[str(current)].buckets} buckets read")
+        if current is not None and "error" not in outcome and outcome["result"][1] is None:
+            report(done=1)
     finally:
         stop.set()  # after a failed store: no further page is fetched
         thread.join()
@@ -626,11 +639,11 @@ def state_of(organization):
     return IngestState.objects.get_or_create(organization=organization)[0]
 
 
-def ingest_organization(organization, since, until, now=None, endpoints=None):
+def ingest_organization(organization, since, until, now=None, endpoints=None, progress=None):
     """Ingest [since, until) for one organization and record the outcome on its
     IngestState. Returns a Summary; never raises for upstream trouble (the failure is in
     `summary.failed[slug]` and on the state). Raises ValueError if it has no active
-    admin key."""
+    admin key. `progress`: see fetch_and_store."""
     started = time.monotonic()
     now = now or timezone.now()
     key = admin_key_of(organization)
@@ -649,7 +662,7 @@ def ingest_organization(organization, since, until, now=None, endpoints=None):
         finally:
             del secret
         stored, failure = fetch_and_store(
-            organization, target, since, until, breakers[host], endpoints or [*ENDPOINTS, COSTS], now
+            organization, target, since, until, breakers[host], endpoints or [*ENDPOINTS, COSTS], now, progress
         )
         del target
     except crypto.DecryptionError as e:
@@ -695,12 +708,12 @@ def record_failure(state, failure, now, open_until=None):
     log.warning("usage ingest of %s failed: %s", state.organization.slug, state.last_error)
 
 
-def ingest_safely(organization, since, until, now):
+def ingest_safely(organization, since, until, now, progress=None):
     """ingest_organization, with the console's own exceptions recorded on the state as
     an `error` (its next attempt pushed forward) instead of raised: one organization's
     trouble never stops the others."""
     try:
-        return ingest_organization(organization, since, until, now=now)
+        return ingest_organization(organization, since, until, now=now, progress=progress)
     except Exception as e:  # noqa: BLE001 — one organization's trouble is its own
         failure = IngestFailure(Outcome.ERROR, upstream.scrub(f"{type(e).__name__}: {e}"))
         # The scrubbed message only: a traceback could carry what an exception held.
