@@ -163,6 +163,10 @@ def test_the_readme_commands_are_found_with_their_exit_codes():
     probes = [c for c in commands if c.text.startswith(f"{INVOCATION} probe_keys --org acme")]
     assert [c.exits for c in probes] == [1, 0]  # a revoked key fails the run; --fail-on narrows it
     assert set(PRINTS) <= set(texts)
+    # Every command of the project has a runnable example (a new one needs its row).
+    ours = {path.stem for path in ROOT.glob("*/management/commands/*.py") if not path.stem.startswith("_")}
+    shown = {match for t in texts for match in re.findall(r"manage\.py (\w+)", t)}
+    assert ours - shown == set(), "add an example of these to README.md, Command-line commands"
     story = [name for t in texts for name in ("add_org", "add_project", "add_key", "probe_keys") if f" {name} " in t]
     assert story.index("add_org") < story.index("add_project") < story.index("add_key") < story.index("probe_keys")
 
