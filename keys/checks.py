@@ -22,7 +22,7 @@ from django.db import DatabaseError
 
 from . import crypto
 
-HOW = "Generate them with: python manage.py generate_encryption_key (see README, “Encryption keys”)."
+HOW = "Generate them with: .venv/bin/python manage.py generate_encryption_key (see README, “Encryption keys”)."
 
 # What a placeholder looks like: .env.production.example marks every value to replace
 # with CHANGE-ME; older copies said PLACEHOLDER. Case and separators do not matter.
@@ -33,11 +33,11 @@ HOW_SECRET_KEY = (
     "and set SECRET_KEY to it (never commit it)."
 )
 HOW_ENCRYPTION_KEYS = (
-    "Generate one with: python manage.py generate_encryption_key, and set CONSOLE_ENCRYPTION_KEYS to it "
+    "Generate one with: .venv/bin/python manage.py generate_encryption_key, and set CONSOLE_ENCRYPTION_KEYS to it "
     '(newest first, "v2:…,v1:…"; see README, “Encryption keys”).'
 )
 HOW_FINGERPRINT_KEY = (
-    "Generate one with: python manage.py generate_encryption_key --fingerprint, and set "
+    "Generate one with: .venv/bin/python manage.py generate_encryption_key --fingerprint, and set "
     "CONSOLE_FINGERPRINT_KEY to it (never the same value as an encryption key)."
 )
 HOW_DATABASE_PASSWORD = (

@@ -3,8 +3,8 @@
 
 On the first run it creates `.env` (mode 0600, git-ignored) with DEBUG=true, a fresh
 SECRET_KEY, an encryption master key, a separate fingerprint key, the sandbox API as
-OPENAI_BASE_URL (on port $SANDBOX_PORT, default 8100) and a password for the demo
-"admin" login. On later runs it only adds what is missing or empty: an existing value
+OPENAI_BASE_URL (on port $SANDBOX_PORT, default 8100) and on CONSOLE_ALLOWED_API_HOSTS,
+and a password for the demo "admin" login. On later runs it only adds what is missing or empty: an existing value
 is never overwritten, because replacing CONSOLE_ENCRYPTION_KEYS or
 CONSOLE_FINGERPRINT_KEY would make every stored secret unreadable (or every fingerprint
 wrong).
@@ -22,6 +22,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# console/settings.py's default CONSOLE_ALLOWED_API_HOSTS (this script imports no Django).
+DEFAULT_ALLOWED_API_HOSTS = ["api.openai.com", "*.openai.azure.com", "*.cognitiveservices.azure.com"]
 
 
 def generate_master_key(version=1):
@@ -51,6 +55,10 @@ def defaults():
         "CONSOLE_ENCRYPTION_KEYS": generate_master_key(1),
         "CONSOLE_FINGERPRINT_KEY": secrets.token_urlsafe(32),
         "OPENAI_BASE_URL": f"http://127.0.0.1:{sandbox_port()}/v1",
+        # The settings' default allow-list plus the sandbox: `make run` gives this to what it
+        # starts anyway, but a command run by hand (`.venv/bin/python manage.py probe_keys`)
+        # reads only .env, and without it every demo key would probe `destination_refused`.
+        "CONSOLE_ALLOWED_API_HOSTS": ",".join([*DEFAULT_ALLOWED_API_HOSTS, f"127.0.0.1:{sandbox_port()}"]),
         "CONSOLE_DEMO_ADMIN_PASSWORD": generate_password(),
         # Alert emails of the demo go to the worker's log, not to an SMTP server that is
         # not there (set a real smtp:// URL to send them).

@@ -230,6 +230,15 @@ def test_the_first_env_file_points_at_the_sandbox_port_make_run_was_given(bootst
     assert bootstrap_env.read_env(tmp_path / ".env")["OPENAI_BASE_URL"] == "http://127.0.0.1:8111/v1"
 
 
+def test_the_first_env_file_allows_that_sandbox_for_commands_run_by_hand(bootstrap_env, tmp_path, monkeypatch):
+    # `.venv/bin/python manage.py probe_keys` reads .env only: without the sandbox on the
+    # allow-list every demo key would probe destination_refused (README, Command-line commands).
+    monkeypatch.setenv("SANDBOX_PORT", "8111")
+    bootstrap_env.bootstrap(tmp_path / ".env")
+    allowed = bootstrap_env.read_env(tmp_path / ".env")["CONSOLE_ALLOWED_API_HOSTS"].split(",")
+    assert allowed == ["api.openai.com", "*.openai.azure.com", "*.cognitiveservices.azure.com", "127.0.0.1:8111"]
+
+
 def test_without_a_sandbox_port_the_env_file_uses_8100(bootstrap_env, monkeypatch):
     monkeypatch.delenv("SANDBOX_PORT", raising=False)
     assert bootstrap_env.defaults()["OPENAI_BASE_URL"] == "http://127.0.0.1:8100/v1"

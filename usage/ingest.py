@@ -46,7 +46,7 @@ from operator import itemgetter
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import BigIntegerField, Q
+from django.db.models import BigIntegerField, F, Func, Q, Value
 from django.db.models.functions import Cast, Extract
 from django.utils import timezone
 
@@ -470,6 +470,16 @@ def _getter(names):
     return itemgetter(*columns)
 
 
+def epoch_seconds(name):
+    """The datetime column `name` as whole Unix seconds, in SQL. SQLite (`make run`'s
+    database) has no EXTRACT(EPOCH …): Django's SQLite Extract fails on "epoch" as soon as
+    a row is read, so every re-read of a stored day failed there; strftime('%s') is its
+    equivalent (Django stores UTC text that SQLite's date functions read)."""
+    if connection.vendor == "sqlite":
+        return Cast(Func(Value("%s"), F(name), function="strftime"), BigIntegerField())
+    return Cast(Extract(name, "epoch"), BigIntegerField())
+
+
 def upsert(model, organization, rows, scope=None):
     """Write `rows` (column dicts of `model`, all of `organization`) on their natural key.
     Returns Counts(created, updated, unchanged). The rows stored for the window's days
@@ -492,7 +502,7 @@ def upsert(model, organization, rows, scope=None):
     # Bucket times come back as epoch seconds (parsing a timestamp per row costs more than
     # the rest of the compare); the few distinct ones become datetimes through _ts's cache.
     epochs = {name: f"{name}_epoch" for name in TIME_COLUMNS}
-    query = query.annotate(**{alias: Cast(Extract(name, "epoch"), BigIntegerField()) for name, alias in epochs.items()})
+    query = query.annotate(**{alias: epoch_seconds(name) for name, alias in epochs.items()})
     names = [epochs.get(n, n) for n in (*natural_names, *value_names)]
     times = [i for i, n in enumerate((*natural_names, *value_names)) if n in epochs]
     for values in query.values_list(*names).iterator(chunk_size=10000):
