@@ -4,7 +4,8 @@
     python -m bench.admin_pages --sizes 50000 --runs 5
 
 For each size, in its own fresh PostgreSQL database (console_bench_pages, dropped and
-created again): 20 organizations, 500 projects spread over them (assorted environments,
+created again): 20 organizations, 500 projects (250 in the first organization, the rest
+spread over the others; assorted environments,
 tiers, rotation policies, a few archived, some whose observed limits differ from their
 tier's, budgets on projects and organizations: some over, some forecast to exceed), N
 keys in every state a key-list filter selects (revoked, expired, due soon, overdue,
@@ -137,7 +138,8 @@ def seed(n):
     )
     projects = Project.objects.bulk_create(
         Project(
-            organization=orgs[p % 20],
+            # Half of them in the first organization (its page lists 250), the rest spread.
+            organization=orgs[0 if p < 250 else 1 + p % 19],
             name=f"project {p:04d}",
             openai_project_id=f"proj_bench{p:06d}",
             environment=environments[p % len(environments)],
@@ -234,19 +236,20 @@ def seed(n):
             {
                 "organization_id": k.organization_id,
                 "project_id": k.project_id,
-                "key_id": k.pk,
+                # Every tenth key's usage is under an upstream id not registered here.
+                "key_id": None if j % 10 == 0 else k.pk,
                 "endpoint": Endpoint.COMPLETIONS,
                 "start_time": day(d),
                 "end_time": day(d) + timedelta(days=1),
                 "upstream_project_id": k.project.openai_project_id,
-                "upstream_key_id": k.upstream_key_id,
+                "upstream_key_id": f"key_unknown{j:08d}" if j % 10 == 0 else k.upstream_key_id,
                 "model": "gpt-4o-mini" if d % 2 else "gpt-4.1",
                 "input_tokens": 1000 + d,
                 "output_tokens": 100 + d,
                 "num_model_requests": 3 + d,
                 "ingested_at": now,
             }
-            for k in project_keys
+            for j, k in enumerate(project_keys)
             for d in range(6)
         ),
     )
