@@ -39,6 +39,9 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--database", default=DATABASE)
     parser.add_argument("--only", default="", help="only pages whose label contains this")
+    parser.add_argument(
+        "--reuse", action="store_true", help="measure the database the last run seeded (one size), no seeding"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -53,7 +56,8 @@ def main():
     os.environ.setdefault("CONSOLE_FINGERPRINT_KEY", secrets.token_urlsafe(32))
     from bench.probe_sweep import create_database
 
-    create_database(args.database)
+    if not args.reuse:
+        create_database(args.database)
 
     import django
 
@@ -67,6 +71,10 @@ def main():
 
     results = {}
     for n in sizes:
+        if args.reuse:
+            call_command("migrate", verbosity=0)  # an index added since
+            results[n] = measure(seeded_world(n), args.runs, args.only)
+            continue
         connection.close()
         create_database(args.database)
         call_command("migrate", verbosity=0)
@@ -323,6 +331,23 @@ def seed(n):
     return {
         "users": {"admin": admin, "reviewer": reviewer},
         "ids": {"org": orgs[0].pk, "project": projects[len(projects) // 2].pk, "key": keys[n // 2].pk},
+    }
+
+
+def seeded_world(n):
+    """The world `seed(n)` left in the database (--reuse)."""
+    from django.contrib.auth.models import User
+
+    from accounts.models import Organization, Project
+    from keys.models import ApiKey
+
+    return {
+        "users": {"admin": User.objects.get(username="admin"), "reviewer": User.objects.get(username="reviewer")},
+        "ids": {
+            "org": Organization.objects.get(slug="org-00").pk,
+            "project": Project.objects.get(name="project 0250").pk,
+            "key": ApiKey.objects.get(name=f"k{n // 2:06d}").pk,
+        },
     }
 
 
