@@ -16,6 +16,9 @@ from django.db.models import Exists, Max, Min
 from django.utils import timezone
 
 KINDS = ("year", "month", "day")
+# More candidate periods than this (days over years of rows, which the admin never asks
+# for: it lists days within one month) go to Django's DISTINCT.
+MAX_PERIODS = 100
 
 
 def truncate(moment, kind):
@@ -52,6 +55,8 @@ class IndexedDatesQuerySet(models.QuerySet):
         first, last = (timezone.localtime(bounds[k], zone) if zone else bounds[k] for k in ("first", "last"))
         periods, start = [], truncate(first, kind)
         while start <= last:
+            if len(periods) == MAX_PERIODS:
+                return super().datetimes(field_name, kind, order, tzinfo)
             periods.append(start)
             start = following(start, kind)
         checks = {

@@ -247,3 +247,64 @@ def test_the_project_page_shows_its_keys_20_at_a_time(admin_client, project, mak
     second = admin_client.get(url, {"api_keys_page": "2"}).content.decode()
     assert "21–30 of 30" in second
     assert 'value="key 29"' in second and 'value="key 00"' not in second
+
+
+def test_a_key_edited_on_the_second_page_of_the_project_page_is_saved(admin_client, project, make_key):
+    keys = [make_key(name=f"key {i:02d}", owner="a")[0] for i in range(22)]
+    url = f"/admin/accounts/project/{project.pk}/change/?api_keys_page=2"
+    page = admin_client.get(url)
+    data = {
+        "organization": project.organization_id,
+        "name": project.name,
+        "openai_project_id": project.openai_project_id,
+        "environment": project.environment,
+        "tier": project.tier_id,
+        "api_keys-TOTAL_FORMS": "2",
+        "api_keys-INITIAL_FORMS": "2",
+        "api_keys-MIN_NUM_FORMS": "0",
+        "api_keys-MAX_NUM_FORMS": "1000",
+    }
+    assert "21–22 of 22" in page.content.decode()
+    for n, key in enumerate(keys[20:]):
+        data.update(
+            {
+                f"api_keys-{n}-id": key.pk,
+                f"api_keys-{n}-project": project.pk,
+                f"api_keys-{n}-name": key.name,
+                f"api_keys-{n}-kind": key.kind,
+                f"api_keys-{n}-provider": key.provider,
+                f"api_keys-{n}-secret": "",
+                f"api_keys-{n}-owner": "b" if n == 1 else "a",
+                f"api_keys-{n}-expires_at_0": "",
+                f"api_keys-{n}-expires_at_1": "",
+            }
+        )
+    response = admin_client.post(url, data)
+    assert response.status_code == 302, response.context["errors"] if response.context else response
+    assert [k.owner for k in ApiKey.objects.order_by("name")] == ["a"] * 21 + ["b"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("outcome", [None, Outcome.INVALID_KEY])
+def test_the_date_hierarchy_by_index_probes_lists_what_distinct_lists(project, make_key, outcome):
+    """console/dates.py against Django's own DISTINCT date_trunc, for years, months and
+    days, with and without a filter."""
+    from django.db.models import QuerySet
+
+    key, _ = make_key()
+    start = timezone.now() - timedelta(days=800)
+    for n, days in enumerate([0, 1, 1, 3, 40, 41, 400, 790, 799]):
+        ProbeResult.objects.create(
+            key=key,
+            slot=n,
+            started_at=start + timedelta(days=days, hours=n),
+            outcome=Outcome.INVALID_KEY if n % 2 else Outcome.OK,
+        )
+    rows = ProbeResult.objects.all() if outcome is None else ProbeResult.objects.filter(outcome=outcome)
+    for kind in ("year", "month", "day"):
+        for order in ("ASC", "DESC"):
+            expected = list(QuerySet.datetimes(rows, "started_at", kind, order))
+            assert list(rows.datetimes("started_at", kind, order)) == expected, (kind, order)
+    narrow = rows.filter(started_at__lt=start + timedelta(days=45))  # 46 days: by index probes
+    assert narrow.datetimes("started_at", "day") == list(QuerySet.datetimes(narrow, "started_at", "day"))
+    assert ProbeResult.objects.filter(outcome="nothing").datetimes("started_at", "day") == []
