@@ -40,14 +40,14 @@ class ProjectInline(PagedInline, AuditedInline, admin.TabularInline):
     """New projects can be added here; existing ones are listed read-only with a link to
     their own page (where their keys are). Editable rows would render a tier menu per
     project, which on an organization with hundreds of projects is slow and unwieldy; even
-    read-only, 500 rows took 1.1 s, so they come 50 a page (console/paged_inline.py)."""
+    read-only, 500 rows took 1.1 s, so they come 25 a page (console/paged_inline.py)."""
 
     model = Project
     form = ProjectForm
     fields = ["name", "openai_project_id", "environment", "tier", "monthly_budget_usd", "rotation_policy_days"]
     extra = 1
     show_change_link = True
-    per_page = 50
+    per_page = 25
     paged_ordering = ("name", "pk")
 
     def has_change_permission(self, request, obj=None):
