@@ -18,7 +18,8 @@ Then renders every page of bench/pages.py (the list tests/test_page_queries.py p
 superuser ("admin") and as a security reviewer (Django's test client, no network): one
 warm-up, then the median of `--runs` renders and the SQL query count. Prints one table
 over the sizes, flagging a page whose query counts differ between sizes (!=) or whose
-median at the largest size is 300 ms or more (SLOW), with the load average.
+median at the largest size is 300 ms or more (SLOW), with the load average. `--commands`
+also times `list_keys --format json` and a sweep claim of every key at the largest size.
 """
 
 import argparse
@@ -36,6 +37,10 @@ TARGET_MS = 300
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,50000", help="key counts, comma-separated")
+    parser.add_argument("--keys", type=int, help="one size only (same as --sizes N)")
+    parser.add_argument(
+        "--commands", action="store_true", help="also time list_keys --format json and a sweep claim, largest size"
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--database", default=DATABASE)
     parser.add_argument("--only", default="", help="only pages whose label contains this")
@@ -43,7 +48,7 @@ def main():
         "--reuse", action="store_true", help="measure the database the last run seeded (one size), no seeding"
     )
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [args.keys] if args.keys else [int(s) for s in args.sizes.split(",")]
 
     os.environ["CONSOLE_ENV_FILE"] = os.devnull
     os.environ["DJANGO_SETTINGS_MODULE"] = "console.settings"
@@ -88,6 +93,9 @@ def main():
         results[n] = measure(world, args.runs, args.only)
     print()
     print_table(sizes, results)
+    if args.commands:
+        print()
+        measure_commands()
 
 
 def copy_rows(model, rows):
@@ -116,6 +124,24 @@ def copy_rows(model, rows):
     return count
 
 
+def budget_for(state, spend, now):
+    """A monthly budget putting `spend` (billed so far) in budget `state` under the 1 %
+    threshold (usage/budgets.py; tests/test_page_queries.py does the same). On a month's
+    last day the forecast is the spend: nothing is "forecast" then."""
+    from decimal import Decimal
+
+    from usage import budgets
+
+    forecast = budgets.forecast(spend, now)
+    budget = {
+        "over": spend / 2,
+        "forecast": (spend + forecast) / 2,
+        "near": forecast * Decimal("1.05"),
+        "within": spend * 200,
+    }.get(state)
+    return None if budget is None else budget.quantize(Decimal("0.01"))
+
+
 def seed(n):
     from datetime import timedelta
     from decimal import Decimal
@@ -141,6 +167,8 @@ def seed(n):
             openai_org_id=f"org-Bench{o:08d}",
             rotation_policy_days=90 if o % 2 else 180,
             alert_emails="ops@example.com",
+            # A 1 % threshold first: "near" (past it, forecast within) exists any day of the month.
+            alert_thresholds="1,50,80,100",
         )
         for o in range(20)
     )
@@ -283,15 +311,13 @@ def seed(n):
         ),
     )
     # Budgets against that spend: over, forecast to exceed, near, within, none.
-    budget_of = {0: Decimal("0.5"), 1: Decimal("1.1"), 2: Decimal("1.15"), 3: Decimal("10")}
-    for p in projects:
-        factor = budget_of.get(p.pk % 5)
-        p.monthly_budget_usd = (spend.get(p.pk, Decimal(1)) * factor).quantize(Decimal("0.01")) if factor else None
+    states = ["over", "forecast", "near", "within", "none"]
+    for i, p in enumerate(projects):
+        p.monthly_budget_usd = budget_for(states[i % 5], spend.get(p.pk, Decimal(1)), now)
     Project.objects.bulk_update(projects, ["monthly_budget_usd"], batch_size=500)
     for o, org in enumerate(orgs):
         total = sum((spend.get(p.pk, 0) for p in projects if p.organization_id == org.pk), Decimal(0))
-        factor = budget_of.get(o % 5)
-        org.monthly_budget_usd = (total * factor).quantize(Decimal("0.01")) if factor else None
+        org.monthly_budget_usd = budget_for(states[o % 5], total, now)
     Organization.objects.bulk_update(orgs, ["monthly_budget_usd"])
     BudgetAlert.objects.bulk_create(
         BudgetAlert(
@@ -303,7 +329,7 @@ def seed(n):
             budget_usd=p.monthly_budget_usd,
         )
         for p in projects
-        if p.pk % 5 == 0 and p.monthly_budget_usd is not None
+        if p.monthly_budget_usd is not None and p.monthly_budget_usd < spend.get(p.pk, 0)
     )
 
     admin = User.objects.create_superuser("admin", "admin@example.com", secrets.token_urlsafe(16))
@@ -385,6 +411,24 @@ def measure(world, runs, only=""):
             measured[(page.label, role)] = (statistics.median(timings) * 1000, len(queries))
         print(f"  {role}: measured, load average {os.getloadavg()[0]:.1f}", flush=True)
     return measured
+
+
+def measure_commands():
+    """The inventory command and the sweep's claim over every key of the last size seeded."""
+    import io
+    from datetime import timedelta
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from keys import sweep
+
+    started = time.monotonic()
+    call_command("list_keys", "--format", "json", stdout=io.StringIO())
+    print(f"list_keys --format json (all keys)        {time.monotonic() - started:6.2f} s")
+    started = time.monotonic()
+    claims = sweep.claim_due(timezone.now() + timedelta(minutes=61))  # next probes are within the hour
+    print(f"sweep claim of every due key ({len(claims)})     {time.monotonic() - started:6.2f} s")
 
 
 def print_table(sizes, results):
