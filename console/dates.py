@@ -45,8 +45,10 @@ class IndexedDatesQuerySet(models.QuerySet):
     """A QuerySet whose datetimes() (what the date hierarchy calls) probes an index on the
     field instead of reading every row."""
 
-    def datetimes(self, field_name, kind, order="ASC", tzinfo=None, is_dst=None):
-        if kind not in KINDS or is_dst is not None:
+    def datetimes(self, field_name, kind, order="ASC", tzinfo=None):
+        """What Django's datetimes() lists, as a list (the date hierarchy only iterates);
+        other kinds (hour, minute…) and over MAX_PERIODS candidates go to Django's."""
+        if kind not in KINDS:
             return super().datetimes(field_name, kind, order, tzinfo)
         bounds = self.order_by().aggregate(first=Min(field_name), last=Max(field_name))
         if bounds["first"] is None:
@@ -68,5 +70,5 @@ class IndexedDatesQuerySet(models.QuerySet):
         # One row of answers: EXISTS per period, evaluated against the filtered rows.
         found = self.model._base_manager.annotate(**checks).values(*checks).order_by()[:1]
         answers = next(iter(found), {})
-        days = [p for i, p in enumerate(periods) if answers.get(f"p{i}")]
-        return days if order == "ASC" else days[::-1]
+        present = [p for i, p in enumerate(periods) if answers.get(f"p{i}")]
+        return present if order == "ASC" else present[::-1]
