@@ -451,7 +451,7 @@ def print_table(sizes, results):
                 flags.append("!=")
             if results[largest].get((page_label, r), (0,))[0] >= TARGET_MS:
                 flags.append("SLOW")
-            print(f"{page_label:48} {r:9}{cells}  {' '.join(flags)}")
+            print(f"{page_label:48} {r:9}{cells}  {' '.join(flags)}".rstrip())
     print(f"\nload average (1, 5, 15 min): {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
