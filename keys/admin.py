@@ -27,6 +27,7 @@ from accounts import admin as accounts_admin
 from accounts.audit import AuditedAdmin, AuditedInline
 from accounts.models import AuditEvent, Organization, Project, ProjectRateLimit
 from console.admin_base import ReadOnlyAdmin, badge
+from console.paged_inline import PagedInline
 from console.upstream import Outcome
 
 from . import rotation, tasks
@@ -91,7 +92,10 @@ class AdminKeyForm(ApiKeyForm):
         self.instance.kind = Kind.ADMIN
 
 
-class ProjectKeyInline(AuditedInline, admin.TabularInline):
+class ProjectKeyInline(PagedInline, AuditedInline, admin.TabularInline):
+    """A project's keys as editable rows, 20 a page (console/paged_inline.py): with every
+    key of a 100-key project the page took 0.7 s (1.2 s on a busy machine)."""
+
     model = ApiKey
     form = ProjectKeyForm
     fk_name = "project"
@@ -100,6 +104,8 @@ class ProjectKeyInline(AuditedInline, admin.TabularInline):
     extra = 1
     show_change_link = True
     verbose_name_plural = "API keys (leave the secret blank to keep it)"
+    per_page = 20
+    paged_ordering = ("name", "pk")
 
 
 class AdminKeyInline(AuditedInline, admin.TabularInline):
@@ -517,6 +523,8 @@ class ProbeResultAdmin(ReadOnlyAdmin):
     list_filter = ["outcome"]
     search_fields = ["request_id", "client_request_id", "error_code", "key__name", "key__hint"]
     date_hierarchy = "started_at"
+    # A COUNT(*) of every result (a million at 50,000 keys) on every page, as the usage lists.
+    show_full_result_count = False
     fields = [
         "key",
         "started",

@@ -10,6 +10,7 @@ from django.utils.timezone import now
 
 from accounts.models import Organization, Project, URLField
 from console import destinations
+from console.dates import IndexedDatesQuerySet
 from console.leakguard import refuse_key_shaped, refuse_unsafe_text
 from console.upstream import Outcome
 
@@ -360,6 +361,9 @@ class ProbeResult(models.Model):
     processing_ms = models.PositiveIntegerField(null=True, blank=True)
     # The hint of the secret this probe used: rotating the key does not relabel history.
     secret_hint = models.CharField("secret probed", max_length=40, blank=True)
+
+    # The probe-result list's date hierarchy by index probes, not a scan (console/dates.py).
+    objects = IndexedDatesQuerySet.as_manager()
 
     # A key's history: deleted with its key, never on its own (console/admin_base.py).
     deleted_with_parent = True

@@ -15,6 +15,7 @@ from django.db import models
 from django.utils.timezone import now
 
 from accounts.models import Notification, Organization, Project
+from console.dates import IndexedDatesQuerySet
 from keys.models import ApiKey
 
 
@@ -60,6 +61,9 @@ class UsageBucket(models.Model):
     usage_bytes = models.BigIntegerField(null=True, blank=True)
     num_sessions = models.BigIntegerField(null=True, blank=True)
     ingested_at = models.DateTimeField(default=now)
+
+    # The list's date hierarchy by index probes, not a scan (console/dates.py).
+    objects = IndexedDatesQuerySet.as_manager()
 
     # The unique natural key, and the value columns an upsert compares and rewrites.
     NATURAL_KEY = (
@@ -111,6 +115,13 @@ class UsageBucket(models.Model):
             # A key's usage (key page, last_used_at) and a project's.
             models.Index(fields=["key", "-start_time"], name="usage_usagebucket_key_recent"),
             models.Index(fields=["project", "-start_time"], name="usage_usagebucket_proj_recent"),
+            # The admin list's full ordering (a page is an index range, not a sort of the
+            # newest day's rows) and its model filter's values (usage/admin.py).
+            models.Index(
+                fields=["-start_time", "endpoint", "upstream_project_id", "upstream_key_id", "model"],
+                name="usage_usagebucket_list_order",
+            ),
+            models.Index(fields=["model"], name="usage_usagebucket_model"),
         ]
 
     def __str__(self):
@@ -141,6 +152,9 @@ class CostBucket(models.Model):
     currency = models.CharField(max_length=10, default="usd")
     ingested_at = models.DateTimeField(default=now)
 
+    # The list's date hierarchy by index probes, not a scan (console/dates.py).
+    objects = IndexedDatesQuerySet.as_manager()
+
     NATURAL_KEY = ("organization", "start_time", "upstream_project_id", "upstream_key_id", "line_item")
     VALUES = ("project", "key", "end_time", "amount", "currency")
 
@@ -158,6 +172,11 @@ class CostBucket(models.Model):
             models.Index(fields=["-start_time"], name="usage_costbucket_recent"),
             models.Index(fields=["key", "-start_time"], name="usage_costbucket_key_recent"),
             models.Index(fields=["project", "-start_time"], name="usage_costbucket_proj_recent"),
+            models.Index(
+                fields=["-start_time", "upstream_project_id", "upstream_key_id", "line_item"],
+                name="usage_costbucket_list_order",
+            ),
+            models.Index(fields=["line_item"], name="usage_costbucket_line_item"),
         ]
 
     def __str__(self):

@@ -62,7 +62,7 @@ def daily_spend(organization, project, now, prices=None):
     since = month_start(now)
     until = since + timedelta(days=len(days))
     billed = billed_by_day(organization, project, since, until)
-    usage = [row for row in token_usage_by_day(organization, project, since, until) if row[0] not in billed]
+    usage = [row for row in token_usage_by_day(organization, project, since, until, billed) if row[0] not in billed]
     estimated, _ = price_usage(usage, prices or PriceBook.load())
     return [DaySpend(day, billed.get(day, ZERO), estimated.get(day, ZERO)) for day in days]
 
