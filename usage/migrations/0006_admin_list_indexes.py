@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ("accounts", "0006_ops_heartbeat"),
         ("keys", "0011_ops_retention"),
-        ("usage", "0004_seed_model_prices"),
+        ("usage", "0005_ingest_last_run"),
     ]
 
     operations = [
