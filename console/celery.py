@@ -19,6 +19,8 @@ def add_periodic_tasks(sender, **kwargs):
         settings.PROBE_SWEEP_EVERY_SECONDS, sender.signature("keys.tasks.sweep"), name="probe sweep"
     )
     sender.add_periodic_task(24 * 3600, sender.signature("keys.tasks.prune_probe_results"), name="prune probe results")
+    # The dashboard's probe chart reads hourly counts (keys/probe_hours.py).
+    sender.add_periodic_task(300, sender.signature("keys.tasks.roll_up_probe_hours"), name="roll up probe hours")
     # Superseded secrets whose rotation grace is over are revoked (keys/rotation.py).
     sender.add_periodic_task(300, sender.signature("keys.tasks.end_grace_periods"), name="end rotation grace periods")
     sender.add_periodic_task(

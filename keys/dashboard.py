@@ -5,8 +5,8 @@ number of keys.
    keys/states.py — the key list's filters count the same rows);
 2. open circuits (one row per API host, a handful);
 3. the last sweep (accounts/heartbeat.py);
-4. probes of the last hour by outcome;
-5. probes per UTC day and outcome for the last 7 days;
+4.–5. probes per UTC day and outcome for the last 7 days, and of the last hour by outcome
+   (keys/probe_hours.py: the hours rolled up by beat, and the rest live);
 6. per project: active keys, configured and observed RPM — tier mismatches and the keys
    the probe budget defers (`deferrals`, a pure rule).
 """
@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.db.models import Count, F, IntegerField, Min, OuterRef, Q, Subquery
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 
 from accounts import heartbeat
@@ -25,8 +25,8 @@ from console import dashboard
 from console import dashboard_charts as charts
 from console.upstream import Outcome
 
-from . import states
-from .models import ApiKey, Circuit, CircuitState, ProbeResult
+from . import probe_hours, states
+from .models import ApiKey, Circuit, CircuitState
 
 STATE_COLOURS = {
     states.RotationState.COMPLIANT: "#2e7d32",
@@ -172,12 +172,8 @@ def panel(now):
     )
 
     beats = heartbeat.snapshot(now, heartbeat.worker_window())
-    recent = dict(
-        ProbeResult.objects.filter(started_at__gte=now - timedelta(hours=1))
-        .values_list("outcome")
-        .annotate(n=Count("pk"))
-        .order_by()
-    )
+    outcomes = probe_hours.outcome_counts(now, chart_start(now))
+    recent = outcomes.last_hour
     probed = sum(recent.values())
     failed = sum(n for o, n in recent.items() if o in Outcome.failures())
     outcome_text = ", ".join(
@@ -216,7 +212,7 @@ def panel(now):
             )
         )
 
-    p.charts.append(probe_chart(now))
+    p.charts.append(probe_chart(now, outcomes))
     p.charts.append(
         charts.bars(
             [(s.label, counts[s.value], STATE_COLOURS[s], None) for s in S],
@@ -247,24 +243,22 @@ def sweep_text(at, beats):
     return text
 
 
-def probe_chart(now):
-    """Probe outcomes per UTC day for the last 7 days (today included), one query."""
+def chart_start(now):
+    """Midnight UTC six days ago: the chart's 7 days, today included."""
+    return now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=6)
+
+
+def probe_chart(now, counts):
+    """Probe outcomes per UTC day for the last 7 days (today included), from
+    keys/probe_hours.py's counts."""
     today = now.date()
     days = [today - timedelta(days=i) for i in range(6, -1, -1)]
-    rows = (
-        ProbeResult.objects.filter(
-            started_at__gte=now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=6)
-        )
-        .annotate(day=TruncDate("started_at"))
-        .values_list("day", "outcome")
-        .annotate(n=Count("pk"))
-        .order_by()
-    )
     by_day = {d: {} for d in days}
-    for day, outcome, n in rows:
+    for day, outcomes in counts.by_day.items():
         if day in by_day:
-            series = outcome_series(outcome)
-            by_day[day][series] = by_day[day].get(series, 0) + n
+            for outcome, n in outcomes.items():
+                series = outcome_series(outcome)
+                by_day[day][series] = by_day[day].get(series, 0) + n
     return charts.stacked_columns(
         [(f"{d:%b %d}", by_day[d]) for d in days], OUTCOME_SERIES, "Probe outcomes per day, last 7 days (UTC)"
     )

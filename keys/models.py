@@ -374,12 +374,31 @@ class ProbeResult(models.Model):
         indexes = [
             # A key's history, newest first (key change page, reports).
             models.Index(fields=["key", "-started_at"], name="keys_proberesult_key_recent"),
-            # The probe results list (newest first) and pruning by age.
-            models.Index(fields=["-started_at"], name="keys_proberesult_recent"),
+            # The probe results list (newest first) and pruning by age; with the outcome
+            # included, the dashboard's recent counts are an index-only scan.
+            models.Index(fields=["-started_at"], include=["outcome"], name="keys_proberesult_recent"),
         ]
 
     def __str__(self):
         return f"{self.key_id} @ {self.started_at:%Y-%m-%d %H:%M:%S}: {self.outcome}"
+
+
+class ProbeHour(models.Model):
+    """How many probes had each outcome in one UTC hour (keys/probe_hours.py), so the
+    dashboard's 7-day chart reads a few hundred rows, not millions of results. Each rolled
+    hour also has a marker row (outcome "", probes = the hour's total)."""
+
+    hour = models.DateTimeField()
+    outcome = models.CharField(max_length=40, blank=True)
+    probes = models.PositiveIntegerField()
+
+    class Meta:
+        verbose_name = "probe outcomes per hour"
+        verbose_name_plural = "probe outcomes per hour"
+        constraints = [models.UniqueConstraint(fields=["hour", "outcome"], name="keys_probehour_unique_hour_outcome")]
+
+    def __str__(self):
+        return f"{self.hour:%Y-%m-%d %H:00} {self.outcome or 'all'}: {self.probes}"
 
     @classmethod
     def prune(cls, now, keep_days, batch_size=10_000):

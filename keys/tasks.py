@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from accounts import heartbeat
 
-from . import probe, reminders, retention, rotation
+from . import probe, probe_hours, reminders, retention, rotation
 from . import sweep as sweeping
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,14 @@ def prune_probe_results():
         done.days,
         done.transitions,
     )
+
+
+@shared_task(name="keys.tasks.roll_up_probe_hours", acks_late=True, ignore_result=True)
+def roll_up_probe_hours():
+    """Beat, every 5 minutes: count each settled hour's probe outcomes once for the
+    dashboard's chart (keys/probe_hours.py). Idempotent: every hour is replaced whole."""
+    hours = probe_hours.roll_up(timezone.now())
+    log.debug("probe hours: %d rolled up", hours)
 
 
 @shared_task(name="keys.tasks.end_grace_periods", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
