@@ -186,6 +186,34 @@ def test_projects_over_budget_and_forecast_to_exceed(admin_client, org):
         assert "Billed spend against budget per project, November 2026" in content
 
 
+def test_the_dashboards_month_spend_is_the_project_lists(org):
+    """One pass over the month's cost buckets gives each project what the project list's
+    `with_spend` column gives it, and each day every row of the day, unregistered included."""
+    from usage.dashboard import month_costs
+    from usage.spend_columns import with_spend
+
+    with time_machine.travel(MID_MONTH, tick=True):
+        now = timezone.now()
+        a = budget_project(org, "a", Decimal(100), Decimal("12.5"), now)
+        b = budget_project(org, "b", None, Decimal(7), now)
+        budget_project(org, "lastmonth-only", Decimal(100), None, now)
+        for project, days_ago, amount in ((a, 1, "3.25"), (b, 2, "1"), (None, 1, "40"), (a, 45, "999")):
+            CostBucket.objects.create(
+                organization=org,
+                project=project,
+                upstream_project_id=project.openai_project_id if project else "proj_unregistered",
+                start_time=now - timedelta(days=days_ago),
+                end_time=now - timedelta(days=days_ago - 1),
+                amount=Decimal(amount),
+            )
+        by_project, by_day = month_costs(now)
+        listed_spend = dict(with_spend(Project.objects.all(), "project", now).values_list("pk", "spend_mtd"))
+        assert {pk: by_project.get(pk, Decimal(0)) for pk in listed_spend} == listed_spend
+        assert by_project[a.pk] == Decimal("15.75")
+        month = CostBucket.objects.filter(start_time__gte=now.replace(day=1, hour=0, minute=0, second=0))
+        assert sum(by_day.values()) == sum(c.amount for c in month)
+
+
 def test_tier_mismatches(admin_client, org, project):
     tier = Tier.objects.get(name="Tier 1")
     project.observed_rpm = tier.requests_per_minute + 1

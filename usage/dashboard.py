@@ -1,10 +1,11 @@
 """Usage's dashboard panel (console/dashboard.py): three aggregate queries.
 
-1. every project's billed spend this month (usage/spend_columns.py's subquery), budget and
-   thresholds: the over-budget and forecast counts — judged by usage/budgets.py's
-   budget_state on the same figures as the project list's "budget state" filter, so the
-   link shows exactly the counted rows — and the spend-against-budget chart (top N);
-2. billed spend per UTC day this month, all organizations (the spend-per-day chart);
+1. billed spend this month per project and per UTC day, in one pass over the month's cost
+   buckets (the spend-per-day chart: all organizations, unregistered rows included);
+2. every project's budget and thresholds: the over-budget and forecast counts — judged by
+   usage/budgets.py's budget_state on the same figures as the project list's "budget
+   state" filter (the rows linked to the project), so the link shows exactly the counted
+   rows — and the spend-against-budget chart (top N);
 3. each organization's ingest state (one row per organization).
 
 Spend here is **billed** (cost buckets), like the project list's columns and /metrics; the
@@ -24,7 +25,7 @@ from console import dashboard, dashboard_charts
 from . import charts
 from .budgets import BudgetState, budget_state, month_start, next_month_start
 from .models import CostBucket, IngestState
-from .spend_columns import month_so_far, with_spend
+from .spend_columns import month_so_far
 
 TOP_PROJECTS = 10
 STATE_COLOURS = {
@@ -40,20 +41,40 @@ def project_list(**params):
     return reverse("admin:accounts_project_changelist") + "?" + urlencode(params)
 
 
-def project_spend(now):
-    """[(name, spend, budget, state)] for every project, one query."""
-    rows = with_spend(Project.objects.all(), "project", now).values_list(
-        "name", "spend_mtd", "monthly_budget_usd", "organization__alert_thresholds"
+def month_costs(now):
+    """This month's billed spend per project and per UTC day, from one pass over the
+    month's cost buckets (one query): ({project_id: total}, {day: total}). The days count
+    every row, unregistered ones included; a project only the rows linked to it — the
+    figures of usage/spend_columns.py's `with_spend`, which the project list filters by."""
+    by_project, by_day = {}, {}
+    rows = (
+        CostBucket.objects.filter(start_time__gte=month_start(now), start_time__lt=next_month_start(now))
+        .annotate(day=TruncDate("start_time"))
+        .values_list("project_id", "day")
+        .annotate(total=Sum("amount"))
+        .order_by()
     )
-    return [
-        (name, spent, budget, budget_state(spent, budget, split_thresholds(thresholds), now))
-        for name, spent, budget, thresholds in rows.order_by()
-    ]
+    for project_id, day, total in rows:
+        by_day[day] = by_day.get(day, Decimal(0)) + total
+        if project_id is not None:
+            by_project[project_id] = by_project.get(project_id, Decimal(0)) + total
+    return by_project, by_day
+
+
+def project_spend(now, by_project):
+    """[(name, spend, budget, state)] for every project, one query."""
+    rows = Project.objects.values_list("pk", "name", "monthly_budget_usd", "organization__alert_thresholds")
+    result = []
+    for pk, name, budget, thresholds in rows.order_by():
+        spent = by_project.get(pk, Decimal(0))
+        result.append((name, spent, budget, budget_state(spent, budget, split_thresholds(thresholds), now)))
+    return result
 
 
 def panel(now):
     p = dashboard.Panel()
-    projects = project_spend(now)
+    by_project, billed = month_costs(now)
+    projects = project_spend(now, by_project)
     for state, label in (
         (BudgetState.OVER, "Projects over budget"),
         (BudgetState.FORECAST, "Projects forecast to exceed"),
@@ -73,13 +94,6 @@ def panel(now):
         )
     )
 
-    billed = dict(
-        CostBucket.objects.filter(start_time__gte=month_start(now), start_time__lt=next_month_start(now))
-        .annotate(day=TruncDate("start_time"))
-        .values_list("day")
-        .annotate(total=Sum("amount"))
-        .order_by()
-    )
     days = [charts.DaySpend(day, billed.get(day) or Decimal(0)) for day in month_so_far(now)]
     p.charts.append(
         charts.daily_spend_chart(
