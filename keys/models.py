@@ -382,6 +382,18 @@ class ProbeResult(models.Model):
     def __str__(self):
         return f"{self.key_id} @ {self.started_at:%Y-%m-%d %H:%M:%S}: {self.outcome}"
 
+    @classmethod
+    def prune(cls, now, keep_days, batch_size=10_000):
+        """Delete results older than `keep_days`, a batch at a time (short transactions on
+        a big table). Each key keeps its last outcome on its own row. Returns the count."""
+        cutoff = now - timedelta(days=keep_days)
+        deleted = 0
+        while True:
+            ids = list(cls.objects.filter(started_at__lt=cutoff).values_list("pk", flat=True)[:batch_size])
+            if not ids:
+                return deleted
+            deleted += cls.objects.filter(pk__in=ids).delete()[0]
+
 
 class ProbeHour(models.Model):
     """How many probes had each outcome in one UTC hour (keys/probe_hours.py), so the
@@ -399,18 +411,6 @@ class ProbeHour(models.Model):
 
     def __str__(self):
         return f"{self.hour:%Y-%m-%d %H:00} {self.outcome or 'all'}: {self.probes}"
-
-    @classmethod
-    def prune(cls, now, keep_days, batch_size=10_000):
-        """Delete results older than `keep_days`, a batch at a time (short transactions on
-        a big table). Each key keeps its last outcome on its own row. Returns the count."""
-        cutoff = now - timedelta(days=keep_days)
-        deleted = 0
-        while True:
-            ids = list(cls.objects.filter(started_at__lt=cutoff).values_list("pk", flat=True)[:batch_size])
-            if not ids:
-                return deleted
-            deleted += cls.objects.filter(pk__in=ids).delete()[0]
 
 
 class ProbeTransition(models.Model):
