@@ -40,6 +40,7 @@ from django.db.models.functions import Coalesce
 from django.utils.dateparse import parse_date, parse_datetime
 
 from console.exports import formula_safe
+from console.pg_timestamps import iso_timestamps
 from console.upstream import Outcome
 
 from .models import ApiKey, KeyAction, KeyEvent, ProbeResult
@@ -393,6 +394,11 @@ class _Line:
         return value
 
 
+# An enum member's .value is a descriptor call; a dict lookup costs a fraction of it.
+FLAG_VALUES = {flag: flag.value for flag in FlagName}
+STATE_VALUES = {state: state.value for state in RotationState}
+
+
 def minute(value):
     """plain() of a datetime, faster for the aware UTC ones the database returns: the same
     "YYYY-MM-DD HH:MM" (isoformat pads a year below 1000 where strftime does not: those
@@ -434,10 +440,13 @@ def csv_cells(values, at):
     used = facts.last_used_at
     probed = values["r_last_probe_at"] if outcome else None
     if flags:
-        names = ", ".join([f.name.value for f in flags])
+        names = ", ".join([FLAG_VALUES[f.name] for f in flags])
         reasons = formula_safe(
             " | ".join(
-                [f"{f.name.value}: {f.reason}" + (f" (since {plain(f.since)})" if f.since else "") for f in flags]
+                [
+                    f"{FLAG_VALUES[f.name]}: {f.reason}" + (f" (since {minute(f.since)})" if f.since else "")
+                    for f in flags
+                ]
             )
         )
     else:
@@ -447,7 +456,7 @@ def csv_cells(values, at):
         formula_safe(values["project__name"] or ""),
         formula_safe(values["project__environment"] or ""),
         formula_safe(values["name"]),
-        formula_safe(str(values["pk"])),
+        str(values["pk"]),  # a UUID: starts with a hex digit, never a formula
         formula_safe(values["kind"]),
         formula_safe(values["hint"]),
         formula_safe(values["owner"]),
@@ -457,7 +466,7 @@ def csv_cells(values, at):
         number(facts.policy_days),
         minute(result.next_due),
         number(result.days_overdue),
-        result.state.value,
+        STATE_VALUES[result.state],
         formula_safe(names),
         reasons,
         formula_safe(outcome),
@@ -467,9 +476,10 @@ def csv_cells(values, at):
     ]
 
 
-def csv_stream(filters=None, now=None, as_of=None, chunk_size=2000):
-    """The report's CSV a line at a time: the header at once, before any query, then each
-    row as the server-side cursor reads it, in the JIT-off transaction. Closing the
+def csv_stream(filters=None, now=None, as_of=None, chunk_size=2000, lines=200):
+    """The report's CSV: the header line at once, before any query, then the rows `lines`
+    at a time as the server-side cursor reads them (`chunk_size` a fetch), in the JIT-off
+    transaction, timestamps read by fromisoformat (console/pg_timestamps.py). Closing the
     generator (StreamingHttpResponse does when the client goes away) closes the cursor and
     ends the transaction."""
     filters = filters or Filters()
@@ -477,12 +487,17 @@ def csv_stream(filters=None, now=None, as_of=None, chunk_size=2000):
     at = as_of or now
     writer = csv.writer(_Line())
     yield writer.writerow([header for _, header in COLUMNS])
-    with without_jit():
+    with without_jit(), iso_timestamps(connection):
         rows = queryset(filters, at, as_of).iterator(chunk_size=chunk_size)
         try:
-            writerow = writer.writerow
+            writerow, batch = writer.writerow, []
             for values in rows:
-                yield writerow(csv_cells(values, at))
+                batch.append(writerow(csv_cells(values, at)))
+                if len(batch) >= lines:
+                    yield "".join(batch)
+                    batch = []
+            if batch:
+                yield "".join(batch)
         finally:
             rows.close()
 

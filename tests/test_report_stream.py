@@ -124,7 +124,7 @@ def test_the_stream_is_the_reference_csv_byte_for_byte(world):
         for filters in FILTERS:
             chosen = report.Filters(**filters)
             reference = report.to_csv(report.build(chosen, NOW, as_of))
-            streamed = "".join(report.csv_stream(chosen, NOW, as_of, chunk_size=7))
+            streamed = "".join(report.csv_stream(chosen, NOW, as_of, chunk_size=7, lines=3))
             assert streamed == reference, (filters, as_of)
             seen.update(cell for row in csv.reader(io.StringIO(streamed)) for cell in row)
     # The world is varied enough to mean something: quoted formulas, every state, flags
@@ -199,7 +199,7 @@ def session_state():
 def test_a_stream_closed_midway_ends_its_transaction_and_cursor(world, reviewer_client, monkeypatch):
     before = session_state()
     assert before[:2] == (False, 0)
-    stream = report.csv_stream(now=NOW, chunk_size=5)
+    stream = report.csv_stream(now=NOW, chunk_size=5, lines=1)
     for _ in range(4):  # the header and three rows: the cursor is open, JIT off
         next(stream)
     assert session_state() == (True, 1, "off")
@@ -211,7 +211,7 @@ def test_a_stream_closed_midway_ends_its_transaction_and_cursor(world, reviewer_
     streams, stream_of = [], report.csv_stream
 
     def watched(*args, **kwargs):
-        streams.append(stream_of(*args, **{**kwargs, "chunk_size": 5}))
+        streams.append(stream_of(*args, **{**kwargs, "chunk_size": 5, "lines": 1}))
         return streams[-1]
 
     monkeypatch.setattr(report, "csv_stream", watched)
