@@ -7,7 +7,7 @@ and the row count, never row contents."""
 from django import forms
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpResponse, HttpResponseNotAllowed, StreamingHttpResponse
+from django.http import HttpResponseNotAllowed, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.utils.timezone import now
 
@@ -20,7 +20,7 @@ from .states_admin import state_badge
 
 PAGE_SIZE = 200
 FILTERS = ("organization", "project", "environment", "state", "flag")
-FORMATS = {"csv": ("text/csv; charset=utf-8", report.to_csv), "json": ("application/json", report.to_json)}
+FORMATS = {"csv": "text/csv; charset=utf-8", "json": "application/json"}  # format → content type
 
 
 class ReportFilterForm(forms.Form):
@@ -61,20 +61,18 @@ def page_number(request):
 
 
 def download(request, filters, as_of, fmt):
-    """The CSV streams (keys/report.py csv_stream): its audit event, with the row count of
-    the same WHERE (export_size), is committed before the first byte, so a client that goes
-    away mid-file is still on record. The JSON, whose totals come before the rows, is built
-    whole."""
+    """Both formats stream from the server-side cursor (keys/report.py csv_stream and
+    json_stream). The audit event, with the row count of the rows' own WHERE (a COUNT for
+    the CSV; for the JSON the sum of the totals its document starts with), is committed
+    before the first byte, so a client that goes away mid-file is still on record."""
     at = now()
-    content_type, render = FORMATS[fmt]
     if fmt == "csv":
-        rows = report.export_size(filters, at, as_of)
-        AuditEvent.record(request.user, "report.exported", None, **report.export_details(filters, as_of, rows, fmt))
-        response = StreamingHttpResponse(report.csv_stream(filters, at, as_of), content_type=content_type)
+        rows, content = report.export_size(filters, at, as_of), report.csv_stream(filters, at, as_of)
     else:
-        result = report.build(filters, at, as_of)
-        AuditEvent.record(request.user, "report.exported", None, **report.audit_details(result, fmt))
-        response = HttpResponse(render(result), content_type=content_type)
+        totals, flag_totals = report.export_totals(filters, at, as_of)
+        rows, content = sum(totals.values()), report.json_stream(filters, at, as_of, totals, flag_totals)
+    AuditEvent.record(request.user, "report.exported", None, **report.export_details(filters, as_of, rows, fmt))
+    response = StreamingHttpResponse(content, content_type=FORMATS[fmt])
     stamp = (as_of or at).strftime("%Y%m%d")
     response["Content-Disposition"] = f'attachment; filename="rotation-report-{stamp}.{fmt}"'
     return response

@@ -7,11 +7,13 @@ closed midway (a client gone) ends its transaction and its server-side cursor.""
 import csv
 import inspect
 import io
+import json
 import random
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from django.core.management import call_command
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -135,6 +137,33 @@ def test_the_stream_is_the_reference_csv_byte_for_byte(world):
     assert any("\n" in cell for cell in seen) and any('"' in cell for cell in seen)
 
 
+@pytest.mark.django_db
+def test_the_json_stream_is_the_reference_json_byte_for_byte(world):
+    for as_of in AS_OF:
+        for filters in FILTERS:
+            chosen = report.Filters(**filters)
+            reference = report.to_json(report.build(chosen, NOW, as_of))
+            streamed = "".join(report.json_stream(chosen, NOW, as_of, chunk_size=7, lines=3))
+            assert streamed == reference, (filters, as_of)
+    document = json.loads(streamed)  # the last one: revoked keys as of June, one at least
+    assert document["rows"] and sum(document["totals"].values()) == len(document["rows"])
+    empty = report.Filters(organization="nobody")
+    assert "".join(report.json_stream(empty, NOW)) == report.to_json(report.build(empty, NOW))
+
+
+def test_indented_is_json_dumps_with_indent_1():
+    when = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    for value in [
+        {},
+        [],
+        {"a": [], "b": {}, "c": [{"x": None, "y": True, "z": False}], "d": 'quote " é \n', "e": -3, "f": when},
+        [1, "two", [3, [4, {}]], {"k": 1.5}],
+    ]:
+        for level in (0, 2):
+            expected = json.dumps(value, cls=DjangoJSONEncoder, indent=1, ensure_ascii=False)
+            assert report.indented(value, level) == expected.replace("\n", "\n" + " " * level)
+
+
 def test_minute_is_plain_for_any_datetime():
     for value in [
         datetime(2025, 1, 2, 3, 4, 59, 999999, tzinfo=UTC),
@@ -157,16 +186,22 @@ def test_the_header_leaves_before_any_query(world):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("fmt", ["csv", "json"])
 @pytest.mark.parametrize("params", [{}, {"state": "overdue"}, {"flag": "failing", "as_of": "2025-06-30"}])
-def test_the_download_streams_after_its_audit_event_with_the_true_row_count(world, reviewer_client, params):
-    response = reviewer_client.get(URL, {**params, "format": "csv"})
-    assert response.streaming and response["Content-Type"] == "text/csv; charset=utf-8"
+def test_the_download_streams_after_its_audit_event_with_the_true_row_count(world, reviewer_client, params, fmt):
+    response = reviewer_client.get(URL, {**params, "format": fmt})
+    assert response.streaming
+    assert response["Content-Type"] == {"csv": "text/csv; charset=utf-8", "json": "application/json"}[fmt]
     assert response["Content-Disposition"].startswith('attachment; filename="rotation-report-')
+    assert response["Content-Disposition"].endswith(f'.{fmt}"')
     event = AuditEvent.objects.get(action="report.exported")  # before a byte is read
     text = b"".join(response.streaming_content).decode()
-    rows = list(csv.reader(io.StringIO(text)))[1:]
+    if fmt == "csv":
+        rows = list(csv.reader(io.StringIO(text)))[1:]
+    else:
+        rows = json.loads(text)["rows"]
     assert event.details["rows"] == len(rows) > 0
-    assert event.details["format"] == "csv" and event.details["as_of"] == (
+    assert event.details["format"] == fmt and event.details["as_of"] == (
         report.parse_as_of(params["as_of"]).isoformat() if "as_of" in params else None
     )
     assert event.details["filters"] == {k: v for k, v in params.items() if k != "as_of"}
