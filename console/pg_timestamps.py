@@ -52,6 +52,8 @@ class IsoTimestamptzLoader(Loader):
 def iso_timestamps(connection):
     """While the block runs, cursors this (Django) connection opens read timestamptz with
     IsoTimestamptzLoader; Django's loader is restored on the way out, whatever happens."""
+    if connection.vendor == "postgresql":
+        connection.ensure_connection()
     adapters = getattr(connection.connection, "adapters", None) if connection.vendor == "postgresql" else None
     if Format is None or adapters is None:
         yield
