@@ -13,10 +13,16 @@ import os
 import secrets
 import statistics
 import time
+from datetime import UTC, datetime, timedelta
 
+THIRTY_DAYS_AGO = (datetime.now(UTC) - timedelta(days=30)).strftime("%Y-%m-%d")
 PATHS = {
     "rotation report CSV": "/admin/keys/apikey/rotation-report/?format=csv",
     "rotation report CSV, overdue": "/admin/keys/apikey/rotation-report/?format=csv&state=overdue",
+    "rotation report CSV, as of -30 d": f"/admin/keys/apikey/rotation-report/?format=csv&as_of={THIRTY_DAYS_AGO}",
+    "rotation report CSV, as of, overdue": (
+        f"/admin/keys/apikey/rotation-report/?format=csv&as_of={THIRTY_DAYS_AGO}&state=overdue"
+    ),
     "rotation report JSON": "/admin/keys/apikey/rotation-report/?format=json",
     "audit log CSV": "/admin/accounts/auditevent/export/",
 }
@@ -62,7 +68,7 @@ def main():
         size += sum(len(chunk) for chunk in chunks)
         return first, time.monotonic() - start, size
 
-    print(f"{'download':32} {'role':9} {'first byte':>11} {'whole file':>11} {'bytes':>10}")
+    print(f"{'download':36} {'role':9} {'first byte':>11} {'whole file':>11} {'bytes':>10}")
     try:
         with transaction.atomic():
             for label, path in PATHS.items():
@@ -75,7 +81,7 @@ def main():
                     runs = [download(client, path) for _ in range(args.runs)]
                     first = statistics.median(r[0] for r in runs) * 1000
                     whole = statistics.median(r[1] for r in runs) * 1000
-                    print(f"{label:32} {role:9} {first:8.0f} ms {whole:8.0f} ms {runs[-1][2]:10}", flush=True)
+                    print(f"{label:36} {role:9} {first:8.0f} ms {whole:8.0f} ms {runs[-1][2]:10}", flush=True)
             raise Rollback
     except Rollback:
         pass
