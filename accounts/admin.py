@@ -28,7 +28,7 @@ from console.paged_inline import PagedInline
 
 from .access_admin import ConsoleGroupAdmin, ConsoleUserAdmin
 from .audit import AuditedAdmin, AuditedInline, AuditedPackageAdmin
-from .audit_export import csv_rows, details_text
+from .audit_export import csv_stream, details_text
 from .audit_phrases import phrase
 from .forms import OrganizationForm, ProjectForm
 from .models import AuditEvent, Organization, Project, Tier
@@ -274,7 +274,8 @@ class AuditEventAdmin(ReadOnlyAdmin):
         filters = {k: redact_key_shaped(v)[:200] for k, v in request.GET.items()}
         AuditEvent.record(request.user, "audit.exported", None, format="csv", filters=filters, rows=events.count())
         name = f"audit-log-{now():%Y%m%d-%H%M%S}.csv"
-        response = StreamingHttpResponse(csv_rows(events.iterator(chunk_size=2000)), content_type="text/csv")
+        # The rows name their actor by actor_label: the changelist's join to the user is not read.
+        response = StreamingHttpResponse(csv_stream(events.select_related(None)), content_type="text/csv")
         response["Content-Disposition"] = f'attachment; filename="{name}"'
         return response
 

@@ -31,6 +31,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, time
+from json.encoder import encode_basestring
 
 from django.core.exceptions import FieldDoesNotExist
 from django.core.serializers.json import DjangoJSONEncoder
@@ -40,6 +41,7 @@ from django.db.models.functions import Coalesce
 from django.utils.dateparse import parse_date, parse_datetime
 
 from console.exports import formula_safe
+from console.pg_timestamps import iso_timestamps
 from console.upstream import Outcome
 
 from .models import ApiKey, KeyAction, KeyEvent, ProbeResult
@@ -314,6 +316,16 @@ def build(filters=None, now=None, as_of=None):
     return Report(now, as_of, filters, rows, totals, flag_totals)
 
 
+def count_totals(keys):
+    """({state: count}, {flag: count}) over annotated() keys, in one aggregate query by the
+    SQL twins of the rules (tests/test_key_states.py checks they agree with the rules)."""
+    aggregates = {f"s_{state}": Count("pk", filter=Q(key_state=state)) for state in RotationState.values}
+    aggregates.update({f"f_{flag}": Count("pk", filter=Q(**{flag_field(flag): True})) for flag in FlagName.values})
+    counted = keys.aggregate(**aggregates)
+    totals = {state: counted[f"s_{state}"] for state in RotationState.values}
+    return totals, {flag: counted[f"f_{flag}"] for flag in FlagName.values}
+
+
 def build_page(filters=None, now=None, as_of=None, page=1, per_page=200):
     """For the admin page: the totals of every matching key (one aggregate query, by the
     SQL twins of the rules) and the rows of one page (one query). Returns (report, count);
@@ -322,12 +334,8 @@ def build_page(filters=None, now=None, as_of=None, page=1, per_page=200):
     now = now or datetime.now(UTC)
     at = as_of or now
     keys, _, _ = annotated(filters, at, as_of)
-    aggregates = {f"s_{state}": Count("pk", filter=Q(key_state=state)) for state in RotationState.values}
-    aggregates.update({f"f_{flag}": Count("pk", filter=Q(**{flag_field(flag): True})) for flag in FlagName.values})
     with without_jit():
-        counted = keys.aggregate(**aggregates)
-        totals = {state: counted[f"s_{state}"] for state in RotationState.values}
-        flag_totals = {flag: counted[f"f_{flag}"] for flag in FlagName.values}
+        totals, flag_totals = count_totals(keys)
         count = sum(totals.values())
         pages = max((count + per_page - 1) // per_page, 1)
         page = min(max(page, 1), pages)
@@ -367,10 +375,142 @@ def to_csv(report):
     return out.getvalue()
 
 
+# --- the CSV, streamed -----------------------------------------------------------------------
+# to_csv(build()) is the reference: csv_stream() yields the same bytes a line at a time from
+# the server-side cursor, and spends less per row (tests/test_report_stream.py compares the
+# two on a varied world).
+
+
+def export_size(filters=None, now=None, as_of=None):
+    """How many rows a streamed export holds, known before its first byte: a COUNT with
+    the rows' own WHERE (the same filters, the SQL twins of the rules for state and flag),
+    so it is the row count unless a key is registered, deleted or changes state in the
+    milliseconds between this statement and the stream's (README, "The rotation report")."""
+    filters = filters or Filters()
+    at = as_of or now or datetime.now(UTC)
+    keys, _, _ = annotated(filters, at, as_of)
+    with without_jit():
+        return keys.count()
+
+
+class _Line:
+    """A file whose write() returns what it is given: csv.writer.writerow() then returns
+    the line (Django's documented way to stream CSV)."""
+
+    def write(self, value):
+        return value
+
+
+# An enum member's .value is a descriptor call; a dict lookup costs a fraction of it.
+FLAG_VALUES = {flag: flag.value for flag in FlagName}
+STATE_VALUES = {state: state.value for state in RotationState}
+
+
+def minute(value):
+    """plain() of a datetime, faster for the aware UTC ones the database returns: the same
+    "YYYY-MM-DD HH:MM" (isoformat pads a year below 1000 where strftime does not: those
+    take plain())."""
+    if value.tzinfo is UTC and value.year >= 1000:
+        return value.isoformat(" ", "minutes")[:16]
+    return plain(value)
+
+
+def number(value):
+    """plain() of an int, formula-safe (only a negative one starts with "-")."""
+    if value is None:
+        return ""
+    return str(value) if value >= 0 else formula_safe(str(value))
+
+
+def csv_cells(values, at):
+    """The CSV cells of one row of queryset(): [formula_safe(cell(make_row(values, at), f))
+    for each column] without the row dict, the per-cell dispatch, or formula checks on cells
+    that cannot start a formula (dates, non-negative numbers, constants)."""
+    rotated_at = values["r_rotated_at"]
+    facts = Facts(
+        issued_at=values["issued_at"],
+        policy_days=values["policy_days"],
+        rotated_at=rotated_at,
+        expires_at=values["expires_at"],
+        revoked_at=values["r_revoked_at"],
+        last_used_at=values["r_last_used_at"],
+        last_probe_outcome=values["r_last_probe_outcome"],
+        consecutive_failures=values["r_consecutive_failures"] or 0,
+        deleted_upstream_at=values["r_deleted_upstream_at"],
+        project_archived_at=values["r_project_archived_at"],
+        owner_left_at=values["r_owner_left_at"],
+        leaked_at=values["r_leaked_at"],
+    )
+    result = evaluate(facts, at)
+    flags = result.flags
+    outcome = values["r_last_probe_outcome"] or ""
+    used = facts.last_used_at
+    probed = values["r_last_probe_at"] if outcome else None
+    if flags:
+        names = ", ".join([FLAG_VALUES[f.name] for f in flags])
+        reasons = formula_safe(
+            " | ".join(
+                [
+                    f"{FLAG_VALUES[f.name]}: {f.reason}" + (f" (since {minute(f.since)})" if f.since else "")
+                    for f in flags
+                ]
+            )
+        )
+    else:
+        names = reasons = ""
+    return [
+        formula_safe(values["organization__slug"]),
+        formula_safe(values["project__name"] or ""),
+        formula_safe(values["project__environment"] or ""),
+        formula_safe(values["name"]),
+        str(values["pk"]),  # a UUID: starts with a hex digit, never a formula
+        formula_safe(values["kind"]),
+        formula_safe(values["hint"]),
+        formula_safe(values["owner"]),
+        minute(values["issued_at"]),
+        minute(rotated_at) if rotated_at is not None else "",
+        formula_safe(values["r_rotated_by"] or "") if rotated_at else "",
+        number(facts.policy_days),
+        minute(result.next_due),
+        number(result.days_overdue),
+        STATE_VALUES[result.state],
+        formula_safe(names),
+        reasons,
+        formula_safe(outcome),
+        minute(probed) if probed is not None else "",
+        minute(used) if used is not None and used <= at else "unknown",
+        number(values["secret_key_version"]),
+    ]
+
+
+def csv_stream(filters=None, now=None, as_of=None, chunk_size=2000, lines=200):
+    """The report's CSV: the header line at once, before any query, then the rows `lines`
+    at a time as the server-side cursor reads them (`chunk_size` a fetch), in the JIT-off
+    transaction, timestamps read by fromisoformat (console/pg_timestamps.py). Closing the
+    generator (StreamingHttpResponse does when the client goes away) closes the cursor and
+    ends the transaction."""
+    filters = filters or Filters()
+    now = now or datetime.now(UTC)
+    at = as_of or now
+    writer = csv.writer(_Line())
+    yield writer.writerow([header for _, header in COLUMNS])
+    with without_jit(), iso_timestamps(connection):
+        rows = queryset(filters, at, as_of).iterator(chunk_size=chunk_size)
+        try:
+            writerow, batch = writer.writerow, []
+            for values in rows:
+                batch.append(writerow(csv_cells(values, at)))
+                if len(batch) >= lines:
+                    yield "".join(batch)
+                    batch = []
+            if batch:
+                yield "".join(batch)
+        finally:
+            rows.close()
+
+
 def to_json(report):
-    rows = [{field: row[field] for field, _ in COLUMNS if field != "flag_reasons"} for row in report.rows]
-    for row in rows:
-        row["last_used_at"] = row["last_used_at"] or "unknown"
+    rows = [json_row(row) for row in report.rows]
     document = {
         "generated_at": report.generated_at,
         "as_of": report.as_of,
@@ -380,6 +520,96 @@ def to_json(report):
         "rows": rows,
     }
     return json.dumps(document, cls=DjangoJSONEncoder, indent=1, ensure_ascii=False)
+
+
+# --- the JSON, streamed ----------------------------------------------------------------------
+# to_json(build()) is the reference here too. json.dumps(indent=1) runs the pure-Python
+# encoder (the C one has no indent), most of the 6.7 s the 50,000-key JSON took; the rows are
+# written by `indented`, which lays out the same text for the types a row holds.
+
+
+def export_totals(filters=None, now=None, as_of=None):
+    """The totals of a streamed JSON export, before its first byte: count_totals() over the
+    rows' own WHERE. Their sum is the audited row count."""
+    filters = filters or Filters()
+    at = as_of or now or datetime.now(UTC)
+    keys, _, _ = annotated(filters, at, as_of)
+    with without_jit():
+        return count_totals(keys)
+
+
+_encoder = DjangoJSONEncoder()
+
+
+def indented(value, level):
+    """json.dumps(value, cls=DjangoJSONEncoder, indent=1, ensure_ascii=False) of a value
+    nested `level` deep: dicts, lists, str, int, bool, None, and what DjangoJSONEncoder
+    turns into a string (datetimes)."""
+    if isinstance(value, str):
+        return encode_basestring(value)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        pad = "\n" + " " * (level + 1)
+        items = [f"{encode_basestring(str(k))}: {indented(v, level + 1)}" for k, v in value.items()]
+        return "{" + pad + ("," + pad).join(items) + "\n" + " " * level + "}"
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "[]"
+        pad = "\n" + " " * (level + 1)
+        return "[" + pad + ("," + pad).join([indented(v, level + 1) for v in value]) + "\n" + " " * level + "]"
+    if isinstance(value, float):
+        return json.dumps(value)
+    return indented(_encoder.default(value), level)
+
+
+def json_row(row):
+    """A row as to_json() puts it in the document."""
+    row = {field: row[field] for field, _ in COLUMNS if field != "flag_reasons"}
+    row["last_used_at"] = row["last_used_at"] or "unknown"
+    return row
+
+
+def json_stream(filters=None, now=None, as_of=None, totals=None, flag_totals=None, chunk_size=2000, lines=200):
+    """to_json(build()) in pieces: the document up to its rows at once (the totals from
+    export_totals(), or from the caller), then the rows `lines` at a time from the
+    server-side cursor, like csv_stream()."""
+    filters = filters or Filters()
+    now = now or datetime.now(UTC)
+    at = as_of or now
+    if totals is None or flag_totals is None:
+        totals, flag_totals = export_totals(filters, now, as_of)
+    document = {
+        "generated_at": now,
+        "as_of": as_of,
+        "filters": filters.as_dict(),
+        "totals": totals,
+        "flag_totals": flag_totals,
+        "rows": [],
+    }
+    head = json.dumps(document, cls=DjangoJSONEncoder, indent=1, ensure_ascii=False)
+    yield head[: -len("]\n}")]  # … "rows": [
+    separator, batch = "\n  ", []
+    with without_jit(), iso_timestamps(connection):
+        rows = queryset(filters, at, as_of).iterator(chunk_size=chunk_size)
+        try:
+            for values in rows:
+                batch.append(separator + indented(json_row(make_row(values, at)), 2))
+                separator = ",\n  "
+                if len(batch) >= lines:
+                    yield "".join(batch)
+                    batch = []
+        finally:
+            rows.close()
+    yield "".join(batch) + ("]\n}" if separator == "\n  " else "\n ]\n}")
 
 
 # (field, header, width), one space apart: the table fits 120 columns.
@@ -428,11 +658,16 @@ def to_table(report):
 
 def audit_details(report, fmt=None, rows=None):
     """What an audit event says about a view or an export: never row contents."""
+    return export_details(report.filters, report.as_of, len(report.rows) if rows is None else rows, fmt)
+
+
+def export_details(filters, as_of, rows, fmt=None):
+    """audit_details() of a report not built in memory (a streamed export)."""
     details = {
         "report": "rotation",
-        "filters": report.filters.as_dict(),
-        "as_of": report.as_of.isoformat() if report.as_of else None,
-        "rows": len(report.rows) if rows is None else rows,
+        "filters": filters.as_dict(),
+        "as_of": as_of.isoformat() if as_of else None,
+        "rows": rows,
     }
     if fmt:
         details["format"] = fmt

@@ -278,9 +278,12 @@ def test_no_secret_in_any_format_page_or_audit_event(history, reviewer_client):
         ("table", report.to_table(result)),
         ("repr", repr(result.rows)),
         ("page", reviewer_client.get(URL).content.decode()),
-        ("page csv", reviewer_client.get(URL, {"format": "csv"}).content.decode()),
-        ("page json", reviewer_client.get(URL, {"format": "json"}).content.decode()),
-        ("page json as of", reviewer_client.get(URL, {"format": "json", "as_of": "2025-04-01"}).content.decode()),
+        ("page csv", b"".join(reviewer_client.get(URL, {"format": "csv"}).streaming_content).decode()),
+        ("page json", b"".join(reviewer_client.get(URL, {"format": "json"}).streaming_content).decode()),
+        (
+            "page json as of",
+            b"".join(reviewer_client.get(URL, {"format": "json", "as_of": "2025-04-01"}).streaming_content).decode(),
+        ),
         ("csv as of", report.to_csv(report.build(now=at("2026-01-01"), as_of=at("2025-04-01")))),
         ("audit", repr(list(AuditEvent.objects.values()))),
     ]:
