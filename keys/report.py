@@ -366,19 +366,19 @@ def cell(row, field):
     return plain(row[field])
 
 
+def csv_row(row):
+    """A row's CSV cells, formula-safe."""
+    return [formula_safe(cell(row, field)) for field, _ in COLUMNS]
+
+
 def to_csv(report):
+    """The CSV of a built report: the reference keys/report_csv.py streams the same bytes of."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow([header for _, header in COLUMNS])
     for row in report.rows:
-        writer.writerow([formula_safe(cell(row, field)) for field, _ in COLUMNS])
+        writer.writerow(csv_row(row))
     return out.getvalue()
-
-
-# --- the CSV, streamed -----------------------------------------------------------------------
-# to_csv(build()) is the reference: csv_stream() yields the same bytes a line at a time from
-# the server-side cursor, and spends less per row (tests/test_report_stream.py compares the
-# two on a varied world).
 
 
 def export_size(filters=None, now=None, as_of=None):
@@ -391,122 +391,6 @@ def export_size(filters=None, now=None, as_of=None):
     keys, _, _ = annotated(filters, at, as_of)
     with without_jit():
         return keys.count()
-
-
-class _Line:
-    """A file whose write() returns what it is given: csv.writer.writerow() then returns
-    the line (Django's documented way to stream CSV)."""
-
-    def write(self, value):
-        return value
-
-
-# An enum member's .value is a descriptor call; a dict lookup costs a fraction of it.
-FLAG_VALUES = {flag: flag.value for flag in FlagName}
-STATE_VALUES = {state: state.value for state in RotationState}
-
-
-def minute(value):
-    """plain() of a datetime, faster for the aware UTC ones the database returns: the same
-    "YYYY-MM-DD HH:MM" (isoformat pads a year below 1000 where strftime does not: those
-    take plain())."""
-    if value.tzinfo is UTC and value.year >= 1000:
-        return value.isoformat(" ", "minutes")[:16]
-    return plain(value)
-
-
-def number(value):
-    """plain() of an int, formula-safe (only a negative one starts with "-")."""
-    if value is None:
-        return ""
-    return str(value) if value >= 0 else formula_safe(str(value))
-
-
-def csv_cells(values, at):
-    """The CSV cells of one row of queryset(): [formula_safe(cell(make_row(values, at), f))
-    for each column] without the row dict, the per-cell dispatch, or formula checks on cells
-    that cannot start a formula (dates, non-negative numbers, constants)."""
-    rotated_at = values["r_rotated_at"]
-    facts = Facts(
-        issued_at=values["issued_at"],
-        policy_days=values["policy_days"],
-        rotated_at=rotated_at,
-        expires_at=values["expires_at"],
-        revoked_at=values["r_revoked_at"],
-        last_used_at=values["r_last_used_at"],
-        last_probe_outcome=values["r_last_probe_outcome"],
-        consecutive_failures=values["r_consecutive_failures"] or 0,
-        deleted_upstream_at=values["r_deleted_upstream_at"],
-        project_archived_at=values["r_project_archived_at"],
-        owner_left_at=values["r_owner_left_at"],
-        leaked_at=values["r_leaked_at"],
-    )
-    result = evaluate(facts, at)
-    flags = result.flags
-    outcome = values["r_last_probe_outcome"] or ""
-    used = facts.last_used_at
-    probed = values["r_last_probe_at"] if outcome else None
-    if flags:
-        names = ", ".join([FLAG_VALUES[f.name] for f in flags])
-        reasons = formula_safe(
-            " | ".join(
-                [
-                    f"{FLAG_VALUES[f.name]}: {f.reason}" + (f" (since {minute(f.since)})" if f.since else "")
-                    for f in flags
-                ]
-            )
-        )
-    else:
-        names = reasons = ""
-    return [
-        formula_safe(values["organization__slug"]),
-        formula_safe(values["project__name"] or ""),
-        formula_safe(values["project__environment"] or ""),
-        formula_safe(values["name"]),
-        str(values["pk"]),  # a UUID: starts with a hex digit, never a formula
-        formula_safe(values["kind"]),
-        formula_safe(values["hint"]),
-        formula_safe(values["owner"]),
-        minute(values["issued_at"]),
-        minute(rotated_at) if rotated_at is not None else "",
-        formula_safe(values["r_rotated_by"] or "") if rotated_at else "",
-        number(facts.policy_days),
-        minute(result.next_due),
-        number(result.days_overdue),
-        STATE_VALUES[result.state],
-        formula_safe(names),
-        reasons,
-        formula_safe(outcome),
-        minute(probed) if probed is not None else "",
-        minute(used) if used is not None and used <= at else "unknown",
-        number(values["secret_key_version"]),
-    ]
-
-
-def csv_stream(filters=None, now=None, as_of=None, chunk_size=2000, lines=200):
-    """The report's CSV: the header line at once, before any query, then the rows `lines`
-    at a time as the server-side cursor reads them (`chunk_size` a fetch), in the JIT-off
-    transaction, timestamps read by fromisoformat (console/pg_timestamps.py). Closing the
-    generator (StreamingHttpResponse does when the client goes away) closes the cursor and
-    ends the transaction."""
-    filters = filters or Filters()
-    now = now or datetime.now(UTC)
-    at = as_of or now
-    writer = csv.writer(_Line())
-    yield writer.writerow([header for _, header in COLUMNS])
-    with without_jit(), iso_timestamps(connection):
-        rows = queryset(filters, at, as_of).iterator(chunk_size=chunk_size)
-        try:
-            writerow, batch = writer.writerow, []
-            for values in rows:
-                batch.append(writerow(csv_cells(values, at)))
-                if len(batch) >= lines:
-                    yield "".join(batch)
-                    batch = []
-            if batch:
-                yield "".join(batch)
-        finally:
-            rows.close()
 
 
 def to_json(report):
@@ -581,7 +465,7 @@ def json_row(row):
 def json_stream(filters=None, now=None, as_of=None, totals=None, flag_totals=None, chunk_size=2000, lines=200):
     """to_json(build()) in pieces: the document up to its rows at once (the totals from
     export_totals(), or from the caller), then the rows `lines` at a time from the
-    server-side cursor, like csv_stream()."""
+    server-side cursor, like keys/report_csv.py csv_stream()."""
     filters = filters or Filters()
     now = now or datetime.now(UTC)
     at = as_of or now

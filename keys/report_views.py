@@ -14,7 +14,7 @@ from django.utils.timezone import now
 from accounts.models import AuditEvent, Environment, Organization
 from console.leakguard import refuse_key_shaped
 
-from . import report
+from . import report, report_csv
 from .states import FlagName, RotationState
 from .states_admin import state_badge
 
@@ -61,13 +61,13 @@ def page_number(request):
 
 
 def download(request, filters, as_of, fmt):
-    """Both formats stream from the server-side cursor (keys/report.py csv_stream and
-    json_stream). The audit event, with the row count of the rows' own WHERE (a COUNT for
+    """Both formats stream from the server-side cursor (keys/report_csv.py csv_stream and
+    keys/report.py json_stream). The audit event, with the row count of the rows' own WHERE (a COUNT for
     the CSV; for the JSON the sum of the totals its document starts with), is committed
     before the first byte, so a client that goes away mid-file is still on record."""
     at = now()
     if fmt == "csv":
-        rows, content = report.export_size(filters, at, as_of), report.csv_stream(filters, at, as_of)
+        rows, content = report.export_size(filters, at, as_of), report_csv.csv_stream(filters, at, as_of)
     else:
         totals, flag_totals = report.export_totals(filters, at, as_of)
         rows, content = sum(totals.values()), report.json_stream(filters, at, as_of, totals, flag_totals)

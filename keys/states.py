@@ -177,6 +177,31 @@ class Evaluation(NamedTuple):
 
 OUTCOME_LABELS = dict(Outcome.choices)
 
+# Each flag's reason, a str.format() template over values already written as text: the
+# rules below fill them in Python, and the rotation report's CSV (keys/report_csv.py) in
+# SQL, so both say the same words.
+REASONS = {
+    "overdue": "Rotation was due {due} under a {policy_days}-day policy ({days_overdue} days overdue).",
+    "usage_unknown": "No usage information: no usage ingested for this key and no last use reported upstream.",
+    "unused": "No use in {days} days; last used {last_used}.",
+    "invalid_key": "The last probe said the key is invalid.",
+    "failing": "The last {count} probes failed (latest: {outcome}).",
+    "leaked": "The leak scan found this key's secret.",
+}
+DAY = "%Y-%m-%d"
+NO_OUTCOME = "—"
+
+
+def orphan_reason(archived, owner_left):
+    """The orphaned flag's reason for an archived project, an owner gone, or both."""
+    parts = []
+    if archived:
+        parts.append("the project is archived")
+    if owner_left:
+        parts.append("the owner no longer has access to the project upstream")
+    reason = " and ".join(parts)
+    return reason[0].upper() + reason[1:] + "."
+
 
 def evaluate(key, now):
     """State, next due date, days overdue and flags at once (the report's per-row call)."""
@@ -186,53 +211,27 @@ def evaluate(key, now):
     flags = []
     revoked = state == RotationState.REVOKED
     if state == RotationState.OVERDUE:
-        flags.append(
-            Flag(
-                FlagName.OVERDUE,
-                f"Rotation was due {due:%Y-%m-%d} under a {f.policy_days}-day policy "
-                f"({(now - due).days} days overdue).",
-                due,
-            )
-        )
+        reason = REASONS["overdue"].format(due=f"{due:{DAY}}", policy_days=f.policy_days, days_overdue=(now - due).days)
+        flags.append(Flag(FlagName.OVERDUE, reason, due))
     if not revoked:
         if f.last_used_at is None or f.last_used_at > now:
-            flags.append(
-                Flag(
-                    FlagName.USAGE_UNKNOWN,
-                    "No usage information: no usage ingested for this key and no last use reported upstream.",
-                    None,
-                )
-            )
+            flags.append(Flag(FlagName.USAGE_UNKNOWN, REASONS["usage_unknown"], None))
         elif f.last_used_at <= now - timedelta(days=unused_days()):
-            flags.append(
-                Flag(
-                    FlagName.UNUSED,
-                    f"No use in {unused_days()} days; last used {f.last_used_at:%Y-%m-%d}.",
-                    f.last_used_at,
-                )
-            )
+            reason = REASONS["unused"].format(days=unused_days(), last_used=f"{f.last_used_at:{DAY}}")
+            flags.append(Flag(FlagName.UNUSED, reason, f.last_used_at))
     if not revoked and not happened(f.deleted_upstream_at, now):
         if f.last_probe_outcome == Outcome.INVALID_KEY:
-            flags.append(Flag(FlagName.FAILING, "The last probe said the key is invalid.", None))
+            flags.append(Flag(FlagName.FAILING, REASONS["invalid_key"], None))
         elif f.consecutive_failures >= failing_count():
-            flags.append(
-                Flag(
-                    FlagName.FAILING,
-                    f"The last {f.consecutive_failures} probes failed "
-                    f"(latest: {OUTCOME_LABELS.get(f.last_probe_outcome, '—')}).",
-                    None,
-                )
-            )
-    orphan = []
-    if happened(f.project_archived_at, now):
-        orphan.append((f.project_archived_at, "the project is archived"))
-    if happened(f.owner_left_at, now):
-        orphan.append((f.owner_left_at, "the owner no longer has access to the project upstream"))
-    if orphan:
-        reason = " and ".join(text for _, text in orphan)
-        flags.append(Flag(FlagName.ORPHANED, reason[0].upper() + reason[1:] + ".", min(at for at, _ in orphan)))
+            outcome = OUTCOME_LABELS.get(f.last_probe_outcome, NO_OUTCOME)
+            reason = REASONS["failing"].format(count=f.consecutive_failures, outcome=outcome)
+            flags.append(Flag(FlagName.FAILING, reason, None))
+    archived, owner_left = happened(f.project_archived_at, now), happened(f.owner_left_at, now)
+    if archived or owner_left:
+        since = min(at for at, applies in [(f.project_archived_at, archived), (f.owner_left_at, owner_left)] if applies)
+        flags.append(Flag(FlagName.ORPHANED, orphan_reason(archived, owner_left), since))
     if happened(f.leaked_at, now):
-        flags.append(Flag(FlagName.LEAKED, "The leak scan found this key's secret.", f.leaked_at))
+        flags.append(Flag(FlagName.LEAKED, REASONS["leaked"], f.leaked_at))
     overdue_days = (now - due).days if state == RotationState.OVERDUE else 0
     return Evaluation(state, due, overdue_days, flags)
 

@@ -1,6 +1,7 @@
-"""The rotation report's streamed CSV (keys/report.py csv_stream, the admin download and
+"""The rotation report's streamed CSV (keys/report_csv.py csv_stream, the admin download and
 `manage.py rotation_report --format csv`): byte for byte the reference to_csv(build()) on a
-varied world, now and as of past dates, under every filter; the header before any query;
+varied world, now and as of past dates, under every filter, both as PostgreSQL writes it
+and as Python does elsewhere; the header before any query;
 the audit event committed before the first byte with the true row count; and a stream
 closed midway (a client gone) ends its transaction and its server-side cursor."""
 
@@ -11,6 +12,7 @@ import json
 import random
 from datetime import UTC, datetime, timedelta, timezone
 
+import psycopg
 import pytest
 from django.core.management import call_command
 from django.core.serializers.json import DjangoJSONEncoder
@@ -20,14 +22,27 @@ from django.urls import reverse
 
 from accounts.models import AuditEvent, Organization, Project
 from console.upstream import Outcome
-from keys import formats, report
+from keys import formats, report, report_csv
 from keys.models import ApiKey, KeyAction, KeyEvent, ProbeResult
 from usage.models import UsageBucket
 
 URL = reverse("admin:keys_rotation_report")
 NOW = datetime(2025, 9, 1, 12, 30, 45, 123456, tzinfo=UTC)
 AS_OF = [None, datetime(2025, 3, 1, tzinfo=UTC), datetime(2025, 6, 30, 23, 59, 59, 999999, tzinfo=UTC)]
-ODD_TEXT = ["=SUM(A1)", "+1", "-2", "@here", "\tTab", "\rCR", "\nLF", 'say "hi", then go', "línea\nnext", ""]
+ODD_TEXT = [
+    "=SUM(A1)",
+    "+1",
+    "-2",
+    "@here",
+    "\tTab",
+    "\rCR",
+    "\nLF",
+    'say "hi", then go',
+    "línea\nnext",
+    "",
+    "C:\\keys\\new\\n",  # backslashes: COPY's escape character
+    "tab\tand\x0bvt\x08bs\x0cff\x1fus",  # characters COPY escapes, and the guard's separator
+]
 
 
 def moment(rng, start=datetime(2024, 6, 1, tzinfo=UTC), days=500):
@@ -119,22 +134,35 @@ FILTERS = [
 ]
 
 
+def database_and_python(monkeypatch):
+    """The database's lines where it writes them (PostgreSQL), then Python's."""
+    paths = ["postgresql", "python"] if connection.vendor == "postgresql" else ["python"]
+    for path in paths:
+        if path == "python":
+            monkeypatch.setattr(report_csv, "_database_lines", report_csv._python_lines)
+        yield path
+
+
 @pytest.mark.django_db
-def test_the_stream_is_the_reference_csv_byte_for_byte(world):
-    seen = set()
-    for as_of in AS_OF:
-        for filters in FILTERS:
-            chosen = report.Filters(**filters)
-            reference = report.to_csv(report.build(chosen, NOW, as_of))
-            streamed = "".join(report.csv_stream(chosen, NOW, as_of, chunk_size=7, lines=3))
-            assert streamed == reference, (filters, as_of)
-            seen.update(cell for row in csv.reader(io.StringIO(streamed)) for cell in row)
+def test_the_stream_is_the_reference_csv_byte_for_byte(world, monkeypatch):
+    seen, compared = set(), []
+    for path in database_and_python(monkeypatch):
+        for as_of in AS_OF:
+            for filters in FILTERS:
+                chosen = report.Filters(**filters)
+                reference = report.to_csv(report.build(chosen, NOW, as_of))
+                streamed = "".join(report_csv.csv_stream(chosen, NOW, as_of, chunk_size=7, lines=3))
+                assert streamed == reference, (path, filters, as_of)
+                seen.update(cell for row in csv.reader(io.StringIO(streamed)) for cell in row)
+        compared.append(path)
+    assert compared == (["postgresql", "python"] if connection.vendor == "postgresql" else ["python"])
     # The world is varied enough to mean something: quoted formulas, every state, flags
     # with and without a date, unknown uses, no rotation.
     assert {"'=SUM(A1)", "'-2", "'@here", "'\tTab", "'=cmd()", "unknown", ""} <= seen
     assert {"compliant", "due_soon", "overdue", "expired", "revoked"} <= seen
     assert any("(since " in cell for cell in seen) and any(cell.startswith("failing: ") for cell in seen)
     assert any("\n" in cell for cell in seen) and any('"' in cell for cell in seen)
+    assert any("\\" in cell for cell in seen) and any("\x0b" in cell for cell in seen)
 
 
 @pytest.mark.django_db
@@ -164,20 +192,9 @@ def test_indented_is_json_dumps_with_indent_1():
             assert report.indented(value, level) == expected.replace("\n", "\n" + " " * level)
 
 
-def test_minute_is_plain_for_any_datetime():
-    for value in [
-        datetime(2025, 1, 2, 3, 4, 59, 999999, tzinfo=UTC),
-        datetime(999, 1, 2, 3, 4, tzinfo=UTC),
-        datetime(2025, 1, 2, 23, 30, tzinfo=timezone(timedelta(hours=2))),
-        datetime(2025, 12, 31, 23, 30, tzinfo=timezone(timedelta(hours=-5))),
-    ]:
-        assert report.minute(value) == report.plain(value)
-    assert [report.number(n) for n in (None, 0, 7, -3)] == ["", "0", "7", "'-3"]
-
-
 @pytest.mark.django_db
 def test_the_header_leaves_before_any_query(world):
-    stream = report.csv_stream(now=NOW)
+    stream = report_csv.csv_stream(now=NOW)
     with CaptureQueriesContext(connection) as queries:
         header = next(stream)
     assert header == "\r\n".join(report.to_csv(report.build(now=NOW)).split("\r\n")[:1]) + "\r\n"
@@ -229,27 +246,39 @@ def session_state():
         return connection.in_atomic_block, cursors, cursor.fetchone()[0]
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="server-side cursors and JIT are PostgreSQL's")
+def backend_activity(pid):
+    """What the backend `pid` is doing, seen from another connection (the stream's own is
+    busy with its COPY)."""
+    with psycopg.connect(**connection.get_connection_params(), autocommit=True) as other:
+        return other.execute("SELECT state, left(query, 5) FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="COPY and JIT are PostgreSQL's")
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
-def test_a_stream_closed_midway_ends_its_transaction_and_cursor(world, reviewer_client, monkeypatch):
+def test_a_stream_closed_midway_ends_its_transaction_and_copy(world, reviewer_client, monkeypatch):
     before = session_state()
     assert before[:2] == (False, 0)
-    stream = report.csv_stream(now=NOW, chunk_size=5, lines=1)
-    for _ in range(4):  # the header and three rows: the cursor is open, JIT off
+    pid = connection.connection.info.backend_pid
+    stream = report_csv.csv_stream(now=NOW, chunk_size=5, lines=1)
+    for _ in range(4):  # the header and three rows: the COPY is under way, in its transaction
         next(stream)
-    assert session_state() == (True, 1, "off")
+    assert connection.in_atomic_block
+    state, query = backend_activity(pid)
+    # Still sending, or (a world this small fits in the socket's buffers) sent it all.
+    assert state in ("active", "idle in transaction") and query == "COPY "
     stream.close()
-    assert session_state() == before
+    assert backend_activity(pid)[0] == "idle"  # not "idle in transaction"
+    assert session_state() == before  # JIT back on: the SET LOCAL ended with it
 
     # The admin download: closing the response (what the server does when the client
     # goes away) closes the generator.
-    streams, stream_of = [], report.csv_stream
+    streams, stream_of = [], report_csv.csv_stream
 
     def watched(*args, **kwargs):
         streams.append(stream_of(*args, **{**kwargs, "chunk_size": 5, "lines": 1}))
         return streams[-1]
 
-    monkeypatch.setattr(report, "csv_stream", watched)
+    monkeypatch.setattr(report_csv, "csv_stream", watched)
     response = reviewer_client.get(URL, {"format": "csv"})
     content = iter(response.streaming_content)
     for _ in range(4):
@@ -258,3 +287,23 @@ def test_a_stream_closed_midway_ends_its_transaction_and_cursor(world, reviewer_
     response.close()
     assert inspect.getgeneratorstate(streams[0]) == inspect.GEN_CLOSED
     assert AuditEvent.objects.filter(action="report.exported").count() == 1  # committed, not rolled back
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the SQL writer is PostgreSQL's")
+@pytest.mark.django_db
+def test_the_sql_dates_are_plains_dates():
+    moments = [
+        datetime(2025, 1, 2, 3, 4, 59, 999999, tzinfo=UTC),
+        datetime(999, 1, 2, 3, 4, tzinfo=UTC),
+        datetime(10, 12, 31, 23, 59, tzinfo=UTC),
+        datetime(2025, 1, 2, 23, 30, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2025, 12, 31, 23, 30, tzinfo=timezone(timedelta(hours=-5))),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute("SET TIME ZONE 'America/New_York'")  # the session's zone does not matter
+        for moment in moments:
+            cursor.execute(
+                f"SELECT {report_csv.minute('%s::timestamptz')}, {report_csv.day('%s::timestamptz')}", [moment] * 2
+            )
+            assert cursor.fetchone() == (report.plain(moment), f"{moment.astimezone(UTC):%Y-%m-%d}")
+        cursor.execute("SET TIME ZONE 'UTC'")
