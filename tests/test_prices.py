@@ -18,7 +18,7 @@ from accounts.models import AuditEvent, Organization, Project
 from keys import formats
 from usage import prices
 from usage.models import CostBucket, Endpoint, ModelPrice, UsageBucket
-from usage.reconcile import months_back, reconcile
+from usage.reconcile import months_back, period_starts, reconcile
 
 D = Decimal
 PRICE_FILE = Path(prices.__file__).resolve().parent / "data" / "model_prices.csv"
@@ -656,6 +656,27 @@ def per_day_reference(now, months=3, organization=None):
 
 def as_tuples(rows):
     return [(r.month, r.organization.name, r.project_label, r.project, r.estimated, r.billed, r.unpriced) for r in rows]
+
+
+def test_reconciliation_periods_start_at_each_month_and_each_price_change_in_the_window():
+    book = prices.PriceBook(
+        ModelPrice(model=model, effective_date=day, input_per_1m=D(1), output_per_1m=D(1))
+        for model, day in [
+            ("a", date(2026, 1, 1)),  # before the window: in force throughout
+            ("a", date(2026, 9, 1)),  # on the window's first day: already a period start
+            ("b", date(2026, 10, 15)),
+            ("a", date(2026, 11, 26)),  # NOW's day: from its first instant
+            ("b", date(2026, 11, 27)),  # after NOW
+        ]
+    )
+    assert book.effective_dates()[0] == date(2026, 1, 1)
+    assert period_starts(NOW, 3, book) == [
+        datetime(2026, 9, 1, tzinfo=UTC),
+        datetime(2026, 10, 1, tzinfo=UTC),
+        datetime(2026, 10, 15, tzinfo=UTC),
+        datetime(2026, 11, 1, tzinfo=UTC),
+        datetime(2026, 11, 26, tzinfo=UTC),
+    ]
 
 
 @pytest.mark.django_db
