@@ -5,7 +5,8 @@ Both sides are grouped by organization, upstream project id and UTC month, so pr
 not registered here appear too (by their proj_… id). Estimated cost prices every day's
 usage at the price effective that day (usage/prices.py); usage of models without a price
 is left out and the models are named. The difference is estimated − billed: positive
-when the price table over-estimates. Four queries whatever the number of rows.
+when the price table over-estimates. Four queries whatever the number of rows (five
+when it reads the prices itself).
 
 How, at 300,000 usage rows in three months: SQL sums usage per bucket start (a day),
 organization, upstream project and model, reading the index `usage_usagebucket_reconcile`
@@ -16,9 +17,9 @@ price takes effect (`PriceBook.effective_dates()`), so within a period every mod
 one price, or none. Python adds up a period's day groups and prices the sums once, on
 the period's first day. That gives the same Decimal figures as pricing each day: an
 estimate is a sum of count × rate / 1M, linear in the counts, and Decimal adds and
-multiplies exactly while a figure fits in 28 significant digits (token counts below
-10^14 a month at rates below 10^8 USD per 1M tokens). tests/test_prices.py compares it
-with a per-day reference over a world with every case in between.
+multiplies exactly while a figure fits in 28 significant digits — at the prices' 4
+decimal places, while a project's month is estimated below 10^18 USD. tests/test_prices.py
+compares it with a per-day reference over a world with every case in between.
 """
 
 from dataclasses import dataclass, field
