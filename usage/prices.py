@@ -55,7 +55,7 @@ class PriceBook:
 
     def effective_dates(self):
         """The days on which some model's price takes effect, sorted. Between two of them
-        `price_on` gives every model the same price (or the same UnknownModel) whatever
+        `price_on` gives every model the same price (or UnknownModel) whatever
         the day, so a run of days can be priced once (usage/reconcile.py)."""
         return sorted({price.effective_date for prices in self._by_model.values() for price in prices})
 
