@@ -18,7 +18,7 @@ from accounts.models import AuditEvent, Organization, Project
 from keys import formats
 from usage import prices
 from usage.models import CostBucket, Endpoint, ModelPrice, UsageBucket
-from usage.reconcile import reconcile
+from usage.reconcile import months_back, period_starts, reconcile
 
 D = Decimal
 PRICE_FILE = Path(prices.__file__).resolve().parent / "data" / "model_prices.csv"
@@ -423,15 +423,312 @@ def test_reconciliation_limits_months_and_organization(ledger, org):
 
 
 @pytest.mark.django_db
-def test_reconciliation_queries_stay_constant_as_rows_grow(ledger, org, django_assert_max_num_queries):
+def test_reconciliation_queries_stay_constant_as_rows_grow(ledger, org, django_assert_num_queries):
     book = prices.PriceBook.load()
+    with django_assert_num_queries(4):
+        assert len(reconcile(NOW, months=3, prices=book)) == 4
     for i in range(20):
         p = Project.objects.create(organization=org, name=f"P{i}", openai_project_id=f"proj_Many{i:010d}")
         add_cost(org, bucket_day(2026, 11, 3), "1", p.openai_project_id, p)
         add_usage(org, bucket_day(2026, 11, 3), "gpt-4.1", 1000, 1000, p.openai_project_id, p)
-    with django_assert_max_num_queries(4):
+        add_usage(org, bucket_day(2026, 10, 3 + i), "gpt-4.1", 1000, 1000, p.openai_project_id, p)
+    with django_assert_num_queries(4):
         rows = reconcile(NOW, months=3, prices=book)
-    assert len(rows) == 24
+    assert len(rows) == 44
+    # Without a price book, one more query reads the prices.
+    with django_assert_num_queries(5):
+        reconcile(NOW, months=3)
+
+
+# A varied world for checking reconcile() against per-day pricing. Prices made up for it:
+# gpt-step changes price in the middle of October (and loses its cached rate) and again on
+# November 1st; gpt-late has a price only from October 20th; mystery has none.
+STEP_PRICES = [
+    ("gpt-step", date(2026, 8, 1), "1.0000", "0.2500", "4.0000"),
+    ("gpt-step", date(2026, 10, 15), "3.0000", None, "6.0000"),
+    ("gpt-step", date(2026, 11, 1), "0.7000", "0.0700", "2.1000"),
+    ("gpt-late", date(2026, 10, 20), "0.3300", "0.1100", "1.3300"),
+]
+MODELS = [
+    "gpt-4.1",  # priced by its own name
+    "gpt-4.1-mini-2025-04-14",  # priced as its base model, gpt-4.1-mini
+    "gpt-step",
+    "gpt-step-2026-09-01",  # a snapshot of gpt-step: its base model's price change
+    "gpt-late",
+    "mystery",  # no price at all
+    "",  # usage not grouped by model
+]
+
+
+def add_usage_row(org, start, model, upstream_project_id, key, input_tokens, cached, output_tokens, **fields):
+    return UsageBucket(
+        organization=org,
+        endpoint=fields.pop("endpoint", Endpoint.COMPLETIONS),
+        start_time=start,
+        end_time=start + timedelta(days=1),
+        upstream_project_id=upstream_project_id,
+        upstream_key_id=key,
+        model=model,
+        input_tokens=input_tokens,
+        input_cached_tokens=cached,
+        output_tokens=output_tokens,
+        **fields,
+    )
+
+
+@pytest.fixture
+def varied_world(org, project):
+    """Three organizations, registered and unregistered projects, every model of MODELS
+    on most days from late August to after NOW, costs on some days, and the edge cases
+    the per-day pricing has: NULL counts, more cached than input tokens in a day."""
+    for model, effective, input_rate, cached_rate, output_rate in STEP_PRICES:
+        ModelPrice.objects.create(
+            model=model,
+            effective_date=effective,
+            input_per_1m=D(input_rate),
+            cached_input_per_1m=D(cached_rate) if cached_rate else None,
+            output_per_1m=D(output_rate),
+        )
+    search = Project.objects.create(organization=org, name="Search", openai_project_id="proj_Search123456")
+    beta = Organization.objects.create(name="Beta", slug="beta")
+    beta_app = Project.objects.create(organization=beta, name="Beta app", openai_project_id="proj_BetaApp12345")
+    gamma = Organization.objects.create(name="Gamma", slug="gamma")
+    # (organization, upstream project id, registered project): Chatbot's id also shows up
+    # under Beta, where it is not registered; "" is usage not grouped by project.
+    scopes = [
+        (org, project.openai_project_id, project),
+        (org, search.openai_project_id, search),
+        (org, "proj_Unregistered01", None),
+        (org, "", None),
+        (beta, beta_app.openai_project_id, beta_app),
+        (beta, project.openai_project_id, None),
+    ]
+    usage = []
+    first = datetime(2026, 8, 25, tzinfo=UTC)
+    for d in range(95):  # 2026-08-25 … 2026-11-27: before the window, three months, after NOW
+        start = first + timedelta(days=d)
+        for s, (o, upstream, registered) in enumerate(scopes):
+            for m, model in enumerate(MODELS):
+                n = d * 7 + s * 5 + m * 3
+                if n % 4 == 0:  # not every model every day
+                    continue
+                usage.append(
+                    add_usage_row(
+                        o,
+                        start,
+                        model,
+                        upstream,
+                        "key_A",
+                        1000 + n * 37,
+                        300 + n % 500,
+                        200 + n * 11,
+                        project=registered,
+                    )
+                )
+                if n % 3 == 0:  # a second key the same day: one group of two rows
+                    usage.append(add_usage_row(o, start, model, upstream, "key_B", 50 + n, n % 40, 10 + n))
+        if d % 3 == 0:  # the same upstream key under another endpoint: the same group
+            usage.append(
+                add_usage_row(
+                    org, start, "gpt-step", project.openai_project_id, "key_A", 77, 5, 9, endpoint=Endpoint.EMBEDDINGS
+                )
+            )
+    edge = [
+        # More cached than input tokens in one row, but not in its day's group: the clamp
+        # is per day, not per row.
+        add_usage_row(org, datetime(2026, 10, 3, tzinfo=UTC), "gpt-step", "proj_Edge0000001", "key_X", 100, 900, 10),
+        add_usage_row(org, datetime(2026, 10, 3, tzinfo=UTC), "gpt-step", "proj_Edge0000001", "key_Y", 5000, 0, 10),
+        # More cached than input tokens in a whole day's group (clamped to the input),
+        # on both sides of the price change, and on the next day a normal one.
+        add_usage_row(org, datetime(2026, 10, 14, tzinfo=UTC), "gpt-step", "proj_Edge0000001", "key_X", 100, 900, 10),
+        add_usage_row(org, datetime(2026, 10, 14, tzinfo=UTC), "gpt-step", "proj_Edge0000001", "key_Y", 100, 50, 10),
+        add_usage_row(org, datetime(2026, 10, 16, tzinfo=UTC), "gpt-step", "proj_Edge0000001", "key_X", 10, 70, 0),
+        add_usage_row(org, datetime(2026, 10, 17, tzinfo=UTC), "gpt-step", "proj_Edge0000001", "key_X", 700, 70, 0),
+        # Cached tokens but no input count: clamped to 0.
+        add_usage_row(org, datetime(2026, 11, 4, tzinfo=UTC), "gpt-4.1", "proj_Edge0000001", "key_X", None, 500, 40),
+        # NULL counts: no cached count; no output count; neither input nor output (left out).
+        add_usage_row(org, datetime(2026, 11, 4, tzinfo=UTC), "gpt-step", "proj_Edge0000001", "key_X", 400, None, 3),
+        add_usage_row(org, datetime(2026, 11, 5, tzinfo=UTC), "gpt-step", "proj_Edge0000001", "key_X", 400, 4, None),
+        add_usage_row(org, datetime(2026, 11, 6, tzinfo=UTC), "mystery-2", "proj_Edge0000001", "key_X", None, 9, None),
+        # A bucket not starting at midnight: priced on its UTC day, grouped on its own.
+        add_usage_row(
+            org, datetime(2026, 10, 14, 23, 30, tzinfo=UTC), "gpt-step", "proj_Edge0000001", "key_X", 100, 900, 10
+        ),
+        # On the window's first instant, and on NOW itself (both in); just after (out).
+        add_usage_row(gamma, datetime(2026, 9, 1, tzinfo=UTC), "gpt-step", "proj_Gamma0000001", "key_G", 3, 1, 3),
+        add_usage_row(gamma, NOW, "gpt-step", "proj_Gamma0000001", "key_G", 5, 1, 5),
+        add_usage_row(gamma, NOW + timedelta(seconds=1), "gpt-step", "proj_Gamma0000001", "key_G", 7, 1, 7),
+    ]
+    UsageBucket.objects.bulk_create(usage + edge)
+    costs = []
+    for d in range(0, 95, 2):
+        start = first + timedelta(days=d)
+        for s, (o, upstream, registered) in enumerate(scopes[:5]):
+            costs.append(
+                CostBucket(
+                    organization=o,
+                    project=registered,
+                    upstream_project_id=upstream,
+                    start_time=start,
+                    end_time=start + timedelta(days=1),
+                    line_item=f"line {s}",
+                    amount=D(f"{d % 7}.{s}{d % 10}"),
+                )
+            )
+    # Billed with no usage at all: Gamma's other project, and a project Beta never used.
+    for d in (2, 40, 80):
+        start = first + timedelta(days=d)
+        costs.append(
+            CostBucket(
+                organization=gamma,
+                upstream_project_id="proj_GammaBilled01",
+                start_time=start,
+                end_time=start + timedelta(days=1),
+                amount=D("1.25"),
+            )
+        )
+    costs.append(
+        CostBucket(
+            organization=beta,
+            upstream_project_id="proj_BetaBilled001",
+            start_time=datetime(2026, 10, 9, tzinfo=UTC),
+            end_time=datetime(2026, 10, 10, tzinfo=UTC),
+            amount=D("0.01"),
+        )
+    )
+    CostBucket.objects.bulk_create(costs)
+    return {"beta": beta, "gamma": gamma}
+
+
+def per_day_reference(now, months=3, organization=None):
+    """What reconcile() gives, the straightforward way: usage summed per organization,
+    upstream project, bucket start and model in Python, each such day priced on its own
+    day with min(cached, input), costs summed row by row. Rows as comparable tuples, in
+    reconcile()'s order."""
+    since = months_back(now, months)
+    book = prices.PriceBook.load()
+    usage = UsageBucket.objects.filter(start_time__gte=since, start_time__lte=now)
+    costs = CostBucket.objects.filter(start_time__gte=since, start_time__lte=now)
+    if organization is not None:
+        usage, costs = usage.filter(organization=organization), costs.filter(organization=organization)
+    days = {}
+    for u in usage:
+        if u.input_tokens is None and u.output_tokens is None:
+            continue
+        sums = days.setdefault((u.organization_id, u.upstream_project_id, u.start_time, u.model), [None] * 3)
+        for i, count in enumerate((u.input_tokens, u.input_cached_tokens, u.output_tokens)):
+            if count is not None:
+                sums[i] = (sums[i] or 0) + count
+    rows = {}
+
+    def row(org_id, upstream_project_id, start_time):
+        month = start_time.astimezone(UTC).date().replace(day=1)
+        return rows.setdefault(
+            (org_id, upstream_project_id, month), {"estimated": D(0), "billed": D(0), "unpriced": set()}
+        )
+
+    for c in costs:
+        row(c.organization_id, c.upstream_project_id, c.start_time)["billed"] += c.amount
+    for (org_id, upstream_project_id, start_time, model), (input_tokens, cached, output) in days.items():
+        target = row(org_id, upstream_project_id, start_time)
+        input_tokens, cached, output = input_tokens or 0, cached or 0, output or 0
+        try:
+            day = start_time.astimezone(UTC).date()
+            target["estimated"] += book.estimate(model, input_tokens, output, min(cached, input_tokens), on=day).total
+        except prices.UnknownModel:
+            target["unpriced"].add(model or "(no model)")
+    organizations = Organization.objects.in_bulk()
+    projects = {p.openai_project_id: p for p in Project.objects.exclude(openai_project_id="")}
+    result = []
+    for (org_id, upstream_project_id, month), r in rows.items():
+        project = projects.get(upstream_project_id)
+        project = project if project is not None and project.organization_id == org_id else None
+        if project is not None:
+            label = project.name
+        else:
+            label = f"{upstream_project_id} (unregistered)" if upstream_project_id else "(no project)"
+        result.append(
+            (month, organizations[org_id].name, label, project, r["estimated"], r["billed"], sorted(r["unpriced"]))
+        )
+    result.sort(key=lambda r: (-r[0].toordinal(), r[1], r[2]))
+    return result
+
+
+def as_tuples(rows):
+    return [(r.month, r.organization.name, r.project_label, r.project, r.estimated, r.billed, r.unpriced) for r in rows]
+
+
+def test_reconciliation_periods_start_at_each_month_and_each_price_change_in_the_window():
+    book = prices.PriceBook(
+        ModelPrice(model=model, effective_date=day, input_per_1m=D(1), output_per_1m=D(1))
+        for model, day in [
+            ("a", date(2026, 1, 1)),  # before the window: in force throughout
+            ("a", date(2026, 9, 1)),  # on the window's first day: already a period start
+            ("b", date(2026, 10, 15)),
+            ("a", date(2026, 11, 26)),  # NOW's day: from its first instant
+            ("b", date(2026, 11, 27)),  # after NOW
+        ]
+    )
+    assert book.effective_dates()[0] == date(2026, 1, 1)
+    assert period_starts(NOW, 3, book) == [
+        datetime(2026, 9, 1, tzinfo=UTC),
+        datetime(2026, 10, 1, tzinfo=UTC),
+        datetime(2026, 10, 15, tzinfo=UTC),
+        datetime(2026, 11, 1, tzinfo=UTC),
+        datetime(2026, 11, 26, tzinfo=UTC),
+    ]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("months", [1, 3, 6])
+def test_reconciliation_gives_the_figures_of_pricing_each_day_on_its_own(varied_world, months):
+    expected = per_day_reference(NOW, months)
+    rows = reconcile(NOW, months=months)
+    assert as_tuples(rows) == expected
+    assert all(isinstance(r.estimated, Decimal) and isinstance(r.billed, Decimal) for r in rows)
+    # The world has what it claims: several months and organizations, unregistered and
+    # unpriced, billed without usage (nothing estimated) and usage without a cost.
+    if months == 3:
+        assert {r[0] for r in expected} == {date(2026, 9, 1), date(2026, 10, 1), date(2026, 11, 1)}
+        assert {r[1] for r in expected} == {"Acme", "Beta", "Gamma"}
+        assert any(r[3] is None and r[2].endswith("(unregistered)") for r in expected)
+        assert ("(no project)" in {r[2] for r in expected}) and any(r[6] for r in expected)
+        assert any(r[4] == 0 and r[5] for r in expected) and any(r[4] and r[5] == 0 for r in expected)
+        october = {r[2]: r for r in expected if r[0] == date(2026, 10, 1) and r[1] == "Acme"}
+        assert october["Chatbot"][6] == ["(no model)", "gpt-late", "mystery"]
+
+
+@pytest.mark.django_db
+def test_reconciliation_of_one_organization_gives_the_per_day_figures(varied_world):
+    for organization in (varied_world["beta"], varied_world["gamma"]):
+        assert as_tuples(reconcile(NOW, months=3, organization=organization)) == per_day_reference(NOW, 3, organization)
+
+
+@pytest.mark.django_db
+def test_the_clamp_of_cached_tokens_is_per_day_not_per_row_nor_per_month(varied_world):
+    # proj_Edge0000001 in October, gpt-step: 3rd (before the change, 4 = 1 + 0.25 rates)
+    # 5100 in, 900 cached: nothing clamped; 14th two groups, each 900 cached for 100 in:
+    # clamped to 100 cached (and the midnight group's second row: 200 in, 950 cached → 200);
+    # 16th (after the change, cached at the input rate) 10 in, 70 cached → 10; 17th 700 / 70.
+    old = D(1) / 1_000_000, D("0.25") / 1_000_000, D(4) / 1_000_000
+    new = D(3) / 1_000_000, D(3) / 1_000_000, D(6) / 1_000_000
+
+    def cost(rates, uncached, cached, output):
+        return uncached * rates[0] + cached * rates[1] + output * rates[2]
+
+    expected = (
+        cost(old, 5100 - 900, 900, 20)
+        + cost(old, 0, 200, 20)  # the 14th at midnight: 200 in, 950 cached
+        + cost(old, 0, 100, 10)  # the 14th at 23:30: 100 in, 900 cached
+        + cost(new, 0, 10, 0)
+        + cost(new, 700 - 70, 70, 0)
+    )
+    [row] = [
+        r
+        for r in reconcile(NOW, months=3)
+        if r.month == date(2026, 10, 1) and r.upstream_project_id == "proj_Edge0000001"
+    ]
+    assert row.estimated == expected
 
 
 @pytest.mark.django_db

@@ -122,6 +122,22 @@ class UsageBucket(models.Model):
                 name="usage_usagebucket_list_order",
             ),
             models.Index(fields=["model"], name="usage_usagebucket_model"),
+            # The reconciliation's sums per day, organization, project and model
+            # (usage/reconcile.py): an index-only scan in the GROUP BY's order, so 300,000
+            # rows are summed as they are read, without a sort or the table's heap. The
+            # counts are key columns, not INCLUDE ones, which SQLite (the demo) lacks.
+            models.Index(
+                fields=[
+                    "start_time",
+                    "organization",
+                    "upstream_project_id",
+                    "model",
+                    "input_tokens",
+                    "input_cached_tokens",
+                    "output_tokens",
+                ],
+                name="usage_usagebucket_reconcile",
+            ),
         ]
 
     def __str__(self):

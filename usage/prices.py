@@ -53,6 +53,12 @@ class PriceBook:
     def models(self):
         return sorted(self._by_model)
 
+    def effective_dates(self):
+        """The days on which some model's price takes effect, sorted. Between two of them
+        `price_on` gives every model the same price (or UnknownModel) whatever
+        the day, so a run of days can be priced once (usage/reconcile.py)."""
+        return sorted({price.effective_date for prices in self._by_model.values() for price in prices})
+
     def price_on(self, model, day):
         """The ModelPrice for `model` on `day`; raises UnknownModel."""
         for name in dict.fromkeys((model, base_model(model))):
