@@ -100,9 +100,9 @@ def _database_lines(filters, at, as_of, chunk_size, lines):
     sql, params = line_query(filters, at, as_of)
     copy_sql = f"COPY ({sql}) TO STDOUT"
     with report.without_jit(), connection.cursor() as cursor:
-        # The rows are sorted before they are written: in memory, not in temporary files.
-        cursor.execute("SET LOCAL work_mem = '64MB'")
-        cursor.execute("SET LOCAL DateStyle = 'ISO, YMD'")  # what minute() cuts
+        # For this transaction: the rows sorted in memory, not in temporary files, and
+        # the date format minute() cuts.
+        cursor.execute("SELECT set_config('work_mem', '64MB', true), set_config('DateStyle', 'ISO, YMD', true)")
         with _logged(cursor, copy_sql, params), cursor.cursor.copy(copy_sql, params) as copy:
             batch = []
             for row in copy:

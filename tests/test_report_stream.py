@@ -204,7 +204,17 @@ def test_the_header_leaves_before_any_query(world):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("fmt", ["csv", "json"])
-@pytest.mark.parametrize("params", [{}, {"state": "overdue"}, {"flag": "failing", "as_of": "2025-06-30"}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"organization": "other"},
+        {"project": "=Batch", "as_of": "2025-06-30"},
+        {"environment": "production"},
+        {"state": "overdue"},
+        {"flag": "failing", "as_of": "2025-06-30"},
+    ],
+)
 def test_the_download_streams_after_its_audit_event_with_the_true_row_count(world, reviewer_client, params, fmt):
     response = reviewer_client.get(URL, {**params, "format": fmt})
     assert response.streaming
