@@ -67,7 +67,7 @@ def download(request, filters, as_of, fmt):
     before the first byte, so a client that goes away mid-file is still on record."""
     at = now()
     if fmt == "csv":
-        rows, content = report.export_size(filters, at, as_of), report_csv.csv_stream(filters, at, as_of)
+        rows, content = report.export_size(filters, at, as_of), report_csv.csv_stream(filters, at, as_of, encoded=True)
     else:
         totals, flag_totals = report.export_totals(filters, at, as_of)
         rows, content = sum(totals.values()), report.json_stream(filters, at, as_of, totals, flag_totals)
