@@ -378,7 +378,7 @@ def csv_row(row):
 
 
 def to_csv(report):
-    """The CSV of a built report: the reference keys/report_csv.py streams the same bytes of."""
+    """The CSV of a built report: the reference whose bytes keys/report_csv.py streams."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow([header for _, header in COLUMNS])

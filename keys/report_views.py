@@ -61,9 +61,10 @@ def page_number(request):
 
 
 def download(request, filters, as_of, fmt):
-    """Both formats stream from the server-side cursor (keys/report_csv.py csv_stream and
-    keys/report.py json_stream). The audit event, with the row count of the rows' own WHERE (a COUNT for
-    the CSV; for the JSON the sum of the totals its document starts with), is committed
+    """Both formats stream: the CSV as PostgreSQL writes it through COPY (keys/report_csv.py
+    csv_stream), the JSON from the server-side cursor (keys/report.py json_stream). The
+    audit event, with the row count of the rows' own WHERE (a COUNT for the CSV; for the
+    JSON the sum of the totals its document starts with), is committed
     before the first byte, so a client that goes away mid-file is still on record."""
     at = now()
     if fmt == "csv":
