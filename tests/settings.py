@@ -45,3 +45,14 @@ WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
 STATIC_ROOT = BASE_DIR / "var" / "test-static"  # noqa: F405
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+
+# A dead worker's unacknowledged messages come back once their visibility timeout has passed,
+# at kombu's next restore sweep: every unacked_restore_interval × unacked_restore_throttle
+# seconds, 10 × 10 by default. Tests that kill a worker set a visibility timeout of a few
+# seconds; sweeping every second lets them wait for that timeout, not for kombu's period.
+if CELERY_BROKER_URL.startswith("redis"):  # noqa: F405
+    CELERY_BROKER_TRANSPORT_OPTIONS = {  # noqa: F405
+        **CELERY_BROKER_TRANSPORT_OPTIONS,  # noqa: F405
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
+    }

@@ -267,7 +267,17 @@ def test_make_run_shows_probe_outcomes_soon_and_stops_without_an_error_line(fres
     env.update(CONSOLE_PORT=str(free_port()), SANDBOX_PORT=str(free_port()))
     out = fresh_checkout / "run.out"
     with out.open("w") as sink:
-        run = subprocess.Popen(["bash", "scripts/run.sh"], cwd=fresh_checkout, env=env, stdout=sink, stderr=sink)
+        run = subprocess.Popen(
+            ["bash", "scripts/run.sh"],
+            cwd=fresh_checkout,
+            env=env,
+            stdout=sink,
+            stderr=sink,
+            start_new_session=True,  # its own process group, as a terminal's foreground job
+            # A terminal's job takes Ctrl-C; a pytest started in the background would pass on
+            # an ignored SIGINT, which no trap can catch.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
     logs = fresh_checkout / "var" / "log"
     try:
         wait_for(lambda: "Press Ctrl-C" in out.read_text(), 300, "the console to start")
@@ -276,8 +286,12 @@ def test_make_run_shows_probe_outcomes_soon_and_stops_without_an_error_line(fres
         wait_for(lambda: "probe batch:" in worker_log.read_text(), 60, "the first probe outcomes")
         assert time.monotonic() - started < 60
     finally:
-        run.send_signal(signal.SIGINT)
-        run.wait(timeout=60)
+        os.killpg(run.pid, signal.SIGINT)  # Ctrl-C in the terminal that runs it
+        try:
+            run.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            raise
     text = {path.name: path.read_text() for path in logs.glob("*.log")}
     assert set(text) == {"sandbox.log", "web.log", "worker.log", "beat.log"}
     # Outcome names, not enum reprs, in the worker's summaries.
