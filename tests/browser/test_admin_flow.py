@@ -57,6 +57,10 @@ def browser(monkeypatch):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield browser
         browser.close()
+        # A connection opened while the loop ran (a fixture set up after this one) belongs
+        # to the loop's context, which ends here: close it, or it outlives the test and
+        # keeps the test database from being dropped at the end of the session.
+        connections.close_all()
 
 
 @pytest.fixture
